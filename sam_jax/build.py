@@ -1,0 +1,80 @@
+"""Building models: random init, from a sam_jax checkpoint, and the reference-style registry."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sam_jax import checkpoint
+from sam_jax.config import SamConfig, get_config
+from sam_jax.modeling.sam import Sam
+
+
+def build_sam(config: SamConfig | str, *, params: dict | None = None, seed: int = 0) -> Sam:
+    """A model of ``config`` with random weights, or with ``params`` (a nested pure dict).
+
+    ``params`` must match the model exactly (same paths and shapes).
+    """
+    if isinstance(config, str):
+        config = get_config(config)
+    model = Sam(config, rngs=nnx.Rngs(seed))
+    if params is not None:
+        state = nnx.state(model)
+        want = jax.tree_util.tree_map(lambda v: v.shape, nnx.to_pure_dict(state))
+        got = jax.tree_util.tree_map(lambda v: tuple(v.shape), params)
+        if want != got:
+            raise ValueError(f"params do not match SAM {config.name}: expected structure/shapes {_diff(want, got)}")
+        nnx.replace_by_pure_dict(state, jax.tree_util.tree_map(jnp.asarray, params))
+        nnx.update(model, state)
+    return model
+
+
+def _diff(want: dict, got: dict) -> str:
+    fw = dict(jax.tree_util.tree_flatten_with_path(want)[0])
+    fg = dict(jax.tree_util.tree_flatten_with_path(got)[0])
+    missing = [jax.tree_util.keystr(k) for k in fw if k not in fg][:5]
+    extra = [jax.tree_util.keystr(k) for k in fg if k not in fw][:5]
+    wrong = [f"{jax.tree_util.keystr(k)} {fw[k]} vs {fg[k]}" for k in fw if k in fg and fw[k] != fg[k]][:5]
+    return f"missing {missing}, unexpected {extra}, wrong shape {wrong}"
+
+
+def load_sam(directory: str | os.PathLike) -> Sam:
+    """Load a model written by ``sam-jax convert`` (or :func:`save_sam`). Needs no torch."""
+    config = checkpoint.load_config(directory)
+    abstract = nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
+    shapes = jax.tree_util.tree_map(
+        lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(nnx.state(abstract))
+    )
+    return build_sam(config, params=checkpoint.load_params(directory, shapes))
+
+
+def save_sam(model: Sam, directory: str | os.PathLike, *, force: bool = False) -> None:
+    """Write ``model`` as a sam_jax checkpoint directory."""
+    checkpoint.save_params(directory, model.config, nnx.to_pure_dict(nnx.state(model)), force=force)
+
+
+def _registry_entry(name: str) -> Callable[..., Sam]:
+    def build(checkpoint: str | os.PathLike | None = None) -> Sam:
+        """As ``segment_anything.sam_model_registry[name](checkpoint)``: a sam_jax checkpoint
+        directory, or random weights when ``checkpoint`` is None."""
+        if checkpoint is None:
+            return build_sam(name)
+        model = load_sam(checkpoint)
+        if model.config.name != name:
+            raise ValueError(f"checkpoint {checkpoint} holds SAM {model.config.name}, not {name}")
+        return model
+
+    return functools.update_wrapper(build, build, updated=())
+
+
+sam_model_registry: dict[str, Callable[..., Sam]] = {
+    "default": _registry_entry("vit_h"),
+    "vit_h": _registry_entry("vit_h"),
+    "vit_l": _registry_entry("vit_l"),
+    "vit_b": _registry_entry("vit_b"),
+}

@@ -1,0 +1,52 @@
+"""Shared test set-up: fp32 at highest matmul precision, fixtures and fixture-weight models."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+from convert import rules  # noqa: E402
+from sam_jax.build import build_sam  # noqa: E402
+from sam_jax.config import get_config  # noqa: E402
+
+from reference_weights import load_shapes, random_state_dict  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+WEIGHTS_SEED = 0
+
+
+@functools.cache
+def fixture_arrays(name: str) -> dict[str, np.ndarray]:
+    """All arrays of ``tests/fixtures/<name>.npz``."""
+    with np.load(FIXTURES / f"{name}.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+@functools.cache
+def fixture_state_dict(name: str) -> dict[str, np.ndarray]:
+    """The random official-layout state_dict the fixtures of ``name`` were made with."""
+    return random_state_dict(load_shapes(name), seed=WEIGHTS_SEED)
+
+
+@functools.cache
+def fixture_model(name: str):
+    """sam_jax model holding the fixture weights of ``name`` (converted by the rule table)."""
+    cfg = get_config(name)
+    return build_sam(cfg, params=rules.to_params(fixture_state_dict(name), cfg))
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return fixture_model("tiny")
+
+
+def max_abs(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
