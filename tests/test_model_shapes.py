@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from reference_weights import load_shapes
 
 from convert import rules
 from sam_jax.config import CONFIGS, MODEL_TYPES, SamConfig, get_config
 from sam_jax.modeling.sam import Sam
+
+from reference_weights import load_shapes
 
 # Counted on the reference (state_dict incl. the PE buffer) built on the meta device.
 PARAM_COUNTS = {"vit_b": 93_735_728, "vit_l": 312_343_088, "vit_h": 641_090_864}

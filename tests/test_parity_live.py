@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import fixture_model, max_abs
-from reference_model import build_reference
 
 from sam_jax import inference
+
+from conftest import fixture_model, max_abs
+from reference_model import build_reference
 
 TOL = 1e-4
 IOU_TOL = 1e-5
