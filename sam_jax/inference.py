@@ -9,6 +9,7 @@ prompts to point-count buckets, so repeated calls with the same buckets reuse co
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -51,53 +52,69 @@ def point_bucket(n: int) -> int:
 
 
 def make_prompts(
-    coords: np.ndarray | None,
-    labels: np.ndarray | None,
+    coords: np.ndarray | Sequence[np.ndarray] | None,
+    labels: np.ndarray | Sequence[np.ndarray] | None,
     boxes: np.ndarray | None,
     mask_input: np.ndarray | None,
     *,
     num_prompts: int,
     mask_size: int,
     num_slots: int | None = None,
+    pad_prompts_to: int | None = None,
 ) -> Prompts:
     """Assemble :class:`Prompts` on the host, applying the reference's prompt rules.
 
     Args:
-      coords: ``(P, n, 2)`` points in the model-input frame, or None.
-      labels: ``(P, n)`` labels in {-1, 0, 1}, or None (given iff ``coords`` is).
+      coords: ``(P, n, 2)`` points in the model-input frame, a sequence of ``P`` arrays
+        ``(n_i, 2)`` (uneven counts, padded here), or None.
+      labels: ``(P, n)`` labels in {-1, 0, 1} (or a sequence of ``(n_i,)``), given iff ``coords`` is.
       boxes: ``(P, 4)`` xyxy boxes in the model-input frame, or None.
       mask_input: ``(P, mask_size, mask_size)`` low-res mask logits, or None.
       num_prompts: ``P``.
       mask_size: side of the dense mask prompt (``4 * image_embedding_size``).
-      num_slots: point slots to pad to; default :func:`point_bucket` of the points used.
+      num_slots: point slots to pad to; default :func:`point_bucket` of the most points used.
+      pad_prompts_to: add empty prompts up to this many (to reuse compiled programs); their
+        outputs are meaningless and should be dropped.
 
     As in ``PromptEncoder._embed_points``, points without a box get one extra "not a point"
     (label -1) at the origin: the token count changes the result, so it is kept.
     """
     p = num_prompts
-    if coords is None:
-        coords = np.zeros((p, 0, 2), np.float32)
-        labels = np.zeros((p, 0), np.int32)
-    elif boxes is None:
-        coords = np.concatenate([coords, np.zeros((p, 1, 2), np.float32)], axis=1)
-        labels = np.concatenate([labels, -np.ones((p, 1), np.int32)], axis=1)
-    n = coords.shape[1]
+    total = p if pad_prompts_to is None else pad_prompts_to
+    if total < p:
+        raise ValueError(f"pad_prompts_to={total} is smaller than num_prompts={p}")
+    point_sets = [np.zeros((0, 2), np.float32)] * p if coords is None else [np.asarray(c, np.float32) for c in coords]
+    label_sets = [np.zeros((0,), np.int32)] * p if labels is None else [np.asarray(lab, np.int32) for lab in labels]
+    if len(point_sets) != p or len(label_sets) != p:
+        raise ValueError(f"expected {p} point sets, got {len(point_sets)} coords and {len(label_sets)} labels")
+    if boxes is None:  # the reference's padding point, for every prompt that has points
+        point_sets = [np.concatenate([c, np.zeros((1, 2), np.float32)]) if len(c) else c for c in point_sets]
+        label_sets = [np.concatenate([lab, [-1]]).astype(np.int32) if len(lab) else lab for lab in label_sets]
+    n = max([len(c) for c in point_sets], default=0)
     slots = point_bucket(n) if num_slots is None else num_slots
     if slots < n:
         raise ValueError(f"num_slots={slots} is smaller than the {n} point tokens needed")
-    pad = ((0, 0), (0, slots - n))
+    out_coords = np.zeros((total, slots, 2), np.float32)
+    out_labels = np.full((total, slots), -1, np.int32)
+    valid = np.zeros((total, slots), bool)
+    for i, (c, lab) in enumerate(zip(point_sets, label_sets, strict=True)):
+        out_coords[i, : len(c)] = c
+        out_labels[i, : len(c)] = lab
+        valid[i, : len(c)] = True
+    out_boxes = np.zeros((total, 4), np.float32)
+    if boxes is not None:
+        out_boxes[:p] = boxes
+    masks = np.zeros((total, mask_size, mask_size), np.float32)
+    if mask_input is not None:
+        masks[:p] = mask_input
     return Prompts(
-        coords=np.pad(np.asarray(coords, np.float32), (*pad, (0, 0))),
-        labels=np.pad(np.asarray(labels, np.int32), pad, constant_values=-1),
-        point_valid=np.pad(np.ones((p, n), bool), pad),
-        boxes=np.zeros((p, 4), np.float32) if boxes is None else np.asarray(boxes, np.float32),
-        box_valid=np.full((p,), boxes is not None),
-        mask_input=(
-            np.zeros((p, mask_size, mask_size), np.float32)
-            if mask_input is None
-            else np.asarray(mask_input, np.float32)
-        ),
-        mask_valid=np.full((p,), mask_input is not None),
+        coords=out_coords,
+        labels=out_labels,
+        point_valid=valid,
+        boxes=out_boxes,
+        box_valid=np.arange(total) < (p if boxes is not None else 0),
+        mask_input=masks,
+        mask_valid=np.arange(total) < (p if mask_input is not None else 0),
     )
 
 

@@ -1,49 +1,112 @@
 """``SamPredictor``: the reference's stateful prompt API as a thin wrapper over :mod:`sam_jax.inference`.
 
-The only state is the current image's embedding and sizes; every computation is a jitted pure
-function of ``(params, inputs)``.
+The only state is the current images' embeddings and sizes; every computation is a jitted pure
+function of ``(params, inputs)``. Beyond the reference: many prompts per image in one call
+(:meth:`SamPredictor.predict_batch`, uneven point counts allowed) and many images per call
+(:meth:`SamPredictor.set_image_batch` + :meth:`SamPredictor.predict_images`), both split over all
+local devices along the batch axis.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Mapping, Sequence
 
-from sam_jax import inference
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from sam_jax import inference, sharding
+from sam_jax.compile_cache import enable_compilation_cache
 from sam_jax.images import as_rgb_uint8
 from sam_jax.modeling.sam import Sam, postprocess_matrices
-from sam_jax.prompts import check_box, check_mask_input, check_points
+from sam_jax.prompts import check_box, check_mask_input, check_point_sets, check_points
 from sam_jax.transforms import apply_boxes, apply_coords, resize_image
+
+Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class SamPredictor:
     """Predict masks for an image from points, a box and/or a previous low-res mask.
 
-    Same names, arguments and outputs as ``segment_anything.SamPredictor``.
+    Same names, arguments and outputs as ``segment_anything.SamPredictor``. ``mesh`` (default:
+    all local devices) is where image and prompt batches are split.
     """
 
-    def __init__(self, sam_model: Sam) -> None:
+    def __init__(self, sam_model: Sam, *, mesh: Mesh | None = None) -> None:
         if not isinstance(sam_model, Sam):
             raise TypeError(f"SamPredictor needs a sam_jax Sam model, got {type(sam_model).__name__}")
+        enable_compilation_cache()
         self.model = sam_model
-        self.graphdef, self.params = inference.split(sam_model)
+        self.mesh = sharding.data_mesh() if mesh is None else mesh
+        self.graphdef, params = inference.split(sam_model)
+        self.params = sharding.replicate(params, self.mesh)
         self.img_size = sam_model.config.img_size
         self.mask_size = sam_model.config.prompt_encoder.mask_input_size
         self.mask_threshold = sam_model.config.mask_threshold
         self.reset_image()
 
+    # --- images ---------------------------------------------------------------------------------
+
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Compute the embedding of ``image``: ``(H, W, 3)`` uint8 in ``image_format`` ("RGB" or
         "BGR"); grayscale ``(H, W)`` / ``(H, W, 1)`` and RGBA are accepted (see
         :func:`sam_jax.images.as_rgb_uint8`)."""
-        image = as_rgb_uint8(image, image_format)
-        resized = resize_image(image, self.img_size)
-        h, w = resized.shape[:2]
-        padded = np.zeros((1, self.img_size, self.img_size, 3), np.uint8)
-        padded[0, :h, :w] = resized
-        self.features = inference.encode_images(self.graphdef, self.params, padded, np.array([[h, w]], np.int32))[0]
-        self.original_size = image.shape[:2]
-        self.input_size = (h, w)
+        self.set_image_batch([image], image_format)
+
+    def set_image_batch(self, images: Sequence[np.ndarray], image_format: str = "RGB") -> None:
+        """Embed several images at once (any sizes), split over the mesh's devices."""
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            images = list(images)
+        if not isinstance(images, Sequence) or len(images) == 0:
+            raise ValueError(
+                f"images must be a non-empty sequence of (H, W, 3) uint8 arrays, got {type(images).__name__}"
+            )
+        rgb = [as_rgb_uint8(im, image_format) for im in images]
+        n = len(rgb)
+        size = sharding.padded_batch_size(n, self.mesh)
+        batch = np.zeros((size, self.img_size, self.img_size, 3), np.uint8)
+        input_sizes = np.zeros((size, 2), np.int32)
+        for i, im in enumerate(rgb):
+            resized = resize_image(im, self.img_size)
+            h, w = resized.shape[:2]
+            batch[i, :h, :w] = resized
+            input_sizes[i] = (h, w)
+        batch, input_sizes_dev = sharding.shard_batch((batch, input_sizes), self.mesh)
+        self._features = inference.encode_images(self.graphdef, self.params, batch, input_sizes_dev)
+        self._original_sizes = [tuple(im.shape[:2]) for im in rgb]
+        self._input_sizes = [tuple(int(v) for v in hw) for hw in input_sizes[:n]]
         self.is_image_set = True
+
+    @property
+    def num_images(self) -> int:
+        return len(self._original_sizes) if self.is_image_set else 0
+
+    @property
+    def features(self) -> jax.Array | None:
+        """Embedding ``(g, g, 256)`` of the (single) current image, channels-last."""
+        return self._features[0] if self.is_image_set else None
+
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        return self._original_sizes[0] if self.is_image_set else None
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return self._input_sizes[0] if self.is_image_set else None
+
+    def get_image_embedding(self) -> np.ndarray:
+        """The current image embedding, ``(1, 256, 64, 64)`` as the reference returns it (NCHW)."""
+        self._require_single_image("get_image_embedding")
+        return np.asarray(self.features).transpose(2, 0, 1)[None]
+
+    def reset_image(self) -> None:
+        """Forget the current image(s)."""
+        self.is_image_set = False
+        self._features = None
+        self._original_sizes: list[tuple[int, int]] = []
+        self._input_sizes: list[tuple[int, int]] = []
+
+    # --- prompts --------------------------------------------------------------------------------
 
     def predict(
         self,
@@ -53,7 +116,7 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> Prediction:
         """Masks for one set of prompts on the current image.
 
         Args:
@@ -68,37 +131,161 @@ class SamPredictor:
           masks ``(C, H, W)`` (bool, or float32 logits), iou_predictions ``(C,)`` float32, and
           low_res_logits ``(C, 256, 256)`` float32.
         """
-        if not self.is_image_set:
-            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        self._require_single_image("predict")
         coords = labels = boxes = masks_in = None
         if point_coords is not None or point_labels is not None:
-            point_coords, point_labels = check_points(point_coords, point_labels)
-            coords = apply_coords(point_coords, self.original_size, self.img_size)[None]
-            labels = point_labels[None]
+            coords, labels = check_points(point_coords, point_labels)
+            coords, labels = coords[None], labels[None]
         if box is not None:
-            boxes = apply_boxes(check_box(box, single=True), self.original_size, self.img_size)[None]
+            boxes = check_box(box, single=True)[None]
         if mask_input is not None:
             masks_in = check_mask_input(mask_input, self.mask_size, single=True)
-        prompts = inference.make_prompts(coords, labels, boxes, masks_in, num_prompts=1, mask_size=self.mask_size)
-        low_res, iou = inference.decode(self.graphdef, self.params, self.features, prompts, bool(multimask_output))
-        masks = self._upscale(low_res)
+        masks, iou, low_res = self._predict_one_image(
+            0, coords, labels, boxes, masks_in, multimask_output, return_logits
+        )
+        return masks[0], iou[0], low_res[0]
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | Sequence[np.ndarray] | None = None,
+        point_labels: np.ndarray | Sequence[np.ndarray] | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> Prediction:
+        """``B`` prompts on the current image in one call; each prompt's result equals what
+        :meth:`predict` gives for it alone.
+
+        Args:
+          point_coords: ``(B, N, 2)``, or a length-``B`` sequence of ``(N_i, 2)`` arrays (uneven
+            counts; ``N_i`` may be 0 when a box is given), or None.
+          point_labels: ``(B, N)`` or a sequence of ``(N_i,)``, matching ``point_coords``.
+          boxes: ``(B, 4)`` xyxy, or None.
+          mask_input: ``(B, 1, 256, 256)`` low-res logits, or None.
+
+        Returns:
+          masks ``(B, C, H, W)``, iou_predictions ``(B, C)``, low_res_logits ``(B, C, 256, 256)``.
+        """
+        self._require_single_image("predict_batch")
+        coords, labels, boxes, masks_in = self._check_batch(point_coords, point_labels, boxes, mask_input)
+        return self._predict_one_image(0, coords, labels, boxes, masks_in, multimask_output, return_logits)
+
+    def predict_images(
+        self,
+        prompts: Sequence[Mapping[str, object]],
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> list[Prediction]:
+        """Prompts for every image of :meth:`set_image_batch`, decoded together on the mesh.
+
+        ``prompts[i]`` holds :meth:`predict_batch`'s keyword arguments (``point_coords``,
+        ``point_labels``, ``boxes``, ``mask_input``) for image ``i``; counts may differ between
+        images. Returns one ``(masks, iou_predictions, low_res_logits)`` per image.
+        """
+        if not self.is_image_set:
+            raise RuntimeError("Images must be set with .set_image_batch(...) before mask prediction.")
+        if len(prompts) != self.num_images:
+            raise ValueError(f"expected prompts for {self.num_images} images, got {len(prompts)}")
+        allowed = {"point_coords", "point_labels", "boxes", "mask_input"}
+        checked = []
+        for i, p in enumerate(prompts):
+            if not isinstance(p, Mapping) or set(p) - allowed:
+                raise ValueError(f"prompts[{i}] must be a mapping with keys from {sorted(allowed)}, got {p!r:.80}")
+            checked.append(
+                self._check_batch(p.get("point_coords"), p.get("point_labels"), p.get("boxes"), p.get("mask_input"))
+            )
+        counts = [_num_prompts(*c) for c in checked]
+        slots = inference.point_bucket(max(_max_tokens(*c) for c in checked))
+        width = inference.point_bucket(max(counts))
+        batch = [
+            self._prompts(i, *c, num_prompts=n, num_slots=slots, pad_to=width)
+            for i, (c, n) in enumerate(zip(checked, counts, strict=True))
+        ]
+        size = sharding.padded_batch_size(self.num_images, self.mesh)
+        stacked = inference.Prompts(*(sharding.pad_batch(np.stack(f), size) for f in zip(*batch, strict=True)))
+        feats = self._features
+        low_res, iou = inference.decode_batch(
+            self.graphdef, self.params, feats, sharding.shard_batch(stacked, self.mesh), bool(multimask_output)
+        )
+        return [
+            self._finish(i, low_res[i], iou[i], n, return_logits)
+            for i, n in zip(range(self.num_images), counts, strict=False)
+        ]
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _require_single_image(self, what: str) -> None:
+        if not self.is_image_set:
+            raise RuntimeError(f"An image must be set with .set_image(...) before {what}.")
+        if self.num_images != 1:
+            raise ValueError(f"{what} works on one image, but {self.num_images} are set; use predict_images")
+
+    def _check_batch(self, point_coords, point_labels, boxes, mask_input):
+        coords = labels = None
+        if point_coords is not None or point_labels is not None:
+            coords, labels = check_point_sets(point_coords, point_labels)
+        if boxes is not None:
+            boxes = check_box(boxes, single=False)
+        if mask_input is not None:
+            mask_input = check_mask_input(mask_input, self.mask_size, single=False)
+        sizes = {len(x) for x in (coords, boxes, mask_input) if x is not None}
+        if len(sizes) > 1:
+            raise ValueError(
+                "point_coords, boxes and mask_input must have the same batch size B, got "
+                f"{[None if x is None else len(x) for x in (coords, boxes, mask_input)]}"
+            )
+        if not sizes:
+            raise ValueError("give at least one of point_coords, boxes or mask_input")
+        if boxes is None and coords is not None and any(len(c) == 0 for c in coords):
+            raise ValueError("a prompt without a box needs at least one point (or a mask_input for all)")
+        return coords, labels, boxes, mask_input
+
+    def _prompts(self, image: int, coords, labels, boxes, masks_in, *, num_prompts, num_slots=None, pad_to=None):
+        original = self._original_sizes[image]
+        if coords is not None:
+            coords = [apply_coords(c, original, self.img_size) for c in coords]
+        if boxes is not None:
+            boxes = apply_boxes(boxes, original, self.img_size)
+        return inference.make_prompts(
+            coords,
+            labels,
+            boxes,
+            masks_in,
+            num_prompts=num_prompts,
+            mask_size=self.mask_size,
+            num_slots=num_slots,
+            pad_prompts_to=pad_to,
+        )
+
+    def _predict_one_image(self, image, coords, labels, boxes, masks_in, multimask_output, return_logits):
+        n = _num_prompts(coords, labels, boxes, masks_in)
+        size = sharding.padded_batch_size(n, self.mesh)
+        prompts = self._prompts(image, coords, labels, boxes, masks_in, num_prompts=n, pad_to=size)
+        low_res, iou = inference.decode(
+            self.graphdef,
+            self.params,
+            self._features[image],
+            sharding.shard_batch(prompts, self.mesh),
+            bool(multimask_output),
+        )
+        return self._finish(image, low_res, iou, n, return_logits)
+
+    def _finish(self, image: int, low_res: jax.Array, iou: jax.Array, n: int, return_logits: bool) -> Prediction:
+        rows, cols = postprocess_matrices(
+            low_res.shape[-1], self.img_size, self._input_sizes[image], self._original_sizes[image]
+        )
+        masks = inference.upscale_masks(low_res, rows, cols)
         if not return_logits:
             masks = masks > self.mask_threshold
-        return np.asarray(masks[0]), np.asarray(iou[0]), np.asarray(low_res[0])
+        return np.asarray(masks[:n]), np.asarray(iou[:n]), np.asarray(low_res[:n])
 
-    def _upscale(self, low_res):
-        rows, cols = postprocess_matrices(low_res.shape[-1], self.img_size, self.input_size, tuple(self.original_size))
-        return inference.upscale_masks(low_res, rows, cols)
 
-    def get_image_embedding(self) -> np.ndarray:
-        """The current image embedding, ``(1, 256, 64, 64)`` as the reference returns it (NCHW)."""
-        if not self.is_image_set:
-            raise RuntimeError("An image must be set with .set_image(...) to generate an embedding.")
-        return np.asarray(self.features).transpose(2, 0, 1)[None]
+def _num_prompts(coords, labels, boxes, masks_in) -> int:
+    return next(len(x) for x in (coords, boxes, masks_in) if x is not None)
 
-    def reset_image(self) -> None:
-        """Forget the current image."""
-        self.is_image_set = False
-        self.features = None
-        self.original_size = None
-        self.input_size = None
+
+def _max_tokens(coords, labels, boxes, masks_in) -> int:
+    if coords is None:
+        return 0
+    return max(len(c) for c in coords) + (1 if boxes is None else 0)

@@ -72,3 +72,25 @@ def check_mask_input(mask_input: object, size: int, *, single: bool) -> np.ndarr
         raise ValueError(f"mask_input must be {want} low-res logits (a previous low_res_logits), got shape {m.shape}")
     _finite(m, "mask_input")
     return m.astype(np.float32).reshape(-1, size, size)
+
+
+def check_point_sets(coords: object, labels: object) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Validate a batch of point sets: ``(B, N, 2)`` / ``(B, N)`` arrays, or sequences of ``B``
+    arrays ``(N_i, 2)`` / ``(N_i,)`` with uneven ``N_i``. Returns lists of float32 / int32 arrays."""
+    if coords is None or labels is None:
+        raise ValueError("point_coords and point_labels must be given together")
+    if isinstance(coords, np.ndarray) and coords.dtype != object:
+        c, lab = check_points(coords, labels, batched=True)
+        return list(c), list(lab)
+    if not isinstance(coords, (list, tuple)) or not isinstance(labels, (list, tuple)):
+        raise TypeError(
+            f"point_coords must be (B, N, 2) or a list of (N_i, 2) arrays, got {type(coords).__name__} "
+            f"with point_labels {type(labels).__name__}"
+        )
+    if len(coords) != len(labels):
+        raise ValueError(f"point_coords has {len(coords)} sets but point_labels has {len(labels)}")
+    out = [
+        check_points(np.asarray(c).reshape(-1, 2) if np.size(c) == 0 else c, lab)
+        for c, lab in zip(coords, labels, strict=True)
+    ]
+    return [c for c, _ in out], [lab for _, lab in out]
