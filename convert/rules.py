@@ -21,6 +21,7 @@ kernel in reverse order. Hence the flip.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -70,6 +71,12 @@ def _abstract(config: SamConfig) -> nnx.Module:
 
 def param_table(config: SamConfig) -> dict[str, tuple[Path, tuple[int, ...], type]]:
     """``{torch key: (our path, torch shape, owning module type)}`` for every tensor of the model."""
+    return dict(_param_table(config))
+
+
+@functools.lru_cache(maxsize=8)
+def _param_table(config: SamConfig) -> dict[str, tuple[Path, tuple[int, ...], type]]:
+    # Cached: tracing the abstract model takes about a second for vit_b, and a conversion needs it twice.
     model = _abstract(config)
     owners = _owner_types(model)
     table = {}

@@ -99,7 +99,7 @@ def test_image_formats(predictor):
     ref = p.get_image_embedding()
     p.set_image(np.ascontiguousarray(rgb[..., ::-1]), image_format="BGR")
     np.testing.assert_array_equal(p.get_image_embedding(), ref)
-    p.set_image(np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 7, np.uint8)], axis=2))  # RGBA: alpha dropped
+    p.set_image(np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 7, np.uint8)], axis=2))  # RGBA: alpha dropped
     np.testing.assert_array_equal(p.get_image_embedding(), ref)
     gray = skimage.data.camera()
     p.set_image(gray)
