@@ -22,16 +22,16 @@ def build_sam(config: SamConfig | str, *, params: dict | None = None, seed: int 
     """
     if isinstance(config, str):
         config = get_config(config)
-    model = Sam(config, rngs=nnx.Rngs(seed))
-    if params is not None:
-        state = nnx.state(model)
-        want = jax.tree_util.tree_map(lambda v: v.shape, nnx.to_pure_dict(state))
-        got = jax.tree_util.tree_map(lambda v: tuple(v.shape), params)
-        if want != got:
-            raise ValueError(f"params do not match SAM {config.name}: expected structure/shapes {_diff(want, got)}")
-        nnx.replace_by_pure_dict(state, jax.tree_util.tree_map(jnp.asarray, params))
-        nnx.update(model, state)
-    return model
+    if params is None:
+        return Sam(config, rngs=nnx.Rngs(seed))
+    # Build the structure without running the initialisers, then fill every leaf.
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(seed))))
+    want = jax.tree_util.tree_map(lambda v: tuple(v.shape), nnx.to_pure_dict(state))
+    got = jax.tree_util.tree_map(lambda v: tuple(v.shape), params)
+    if want != got:
+        raise ValueError(f"params do not match SAM {config.name}: {_diff(want, got)}")
+    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map(jnp.asarray, params))
+    return nnx.merge(graphdef, state)
 
 
 def _diff(want: dict, got: dict) -> str:

@@ -1,0 +1,66 @@
+"""``sam-jax convert``: a PyTorch or transformers SAM checkpoint -> a sam_jax checkpoint directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+from tqdm import tqdm
+
+from convert import rules
+from convert.detect import check_model_type, detect_model_type
+from convert.readers import read_checkpoint
+from sam_jax import checkpoint
+from sam_jax.config import get_config
+
+
+def convert_checkpoint(
+    path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    model_type: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Convert ``path`` (official ``.pth``, MedSAM, transformers ``SamModel``) into ``output_dir``.
+
+    ``model_type`` (``vit_b``/``vit_l``/``vit_h``, or a test config such as ``tiny``) is detected from
+    the image encoder's shapes when None, and checked against them when given. Conversion is strict:
+    every tensor of the model must be present with its exact shape and nothing else may be left
+    over. Shows progress on stderr and prints a summary; returns the absolute output directory, which
+    ``sam_jax.load_sam`` reads. ``force`` replaces an existing sam_jax checkpoint there.
+
+    Raises ``ValueError`` (unreadable file, not SAM, wrong model type, missing/extra/mis-shaped
+    tensors), ``FileNotFoundError`` and ``FileExistsError``, each naming the path involved.
+    """
+    path, output_dir = Path(path), Path(output_dir)
+    if (output_dir / checkpoint.PARAMS_DIR).exists() and not force:  # fail before reading gigabytes
+        raise FileExistsError(
+            f"{output_dir} already holds a sam_jax checkpoint; pass --force to overwrite it"
+        )
+
+    state_dict, source = read_checkpoint(path, progress=True)
+    if model_type is None:
+        model_type = detect_model_type(state_dict)
+    else:
+        check_model_type(state_dict, model_type)
+    config = get_config(model_type)
+
+    count = len(state_dict)
+    with tqdm(total=count, desc=f"mapping to {model_type}", unit="tensor") as bar:
+        params = rules.to_params(state_dict, config, source=f"{path} ({source})")
+        bar.update(count)
+    del state_dict  # frees the originals of transposed tensors (2.5 GB for vit_h)
+    with tqdm(total=count, desc=f"writing {output_dir.name}", unit="tensor") as bar:
+        output_dir = checkpoint.save_params(output_dir, config, params, force=force)
+        bar.update(count)
+
+    n_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
+    print(
+        f"converted {path}\n"
+        f"  source:     {source}\n"
+        f"  model type: {model_type}\n"
+        f"  tensors:    {count}\n"
+        f"  parameters: {n_params:,}\n"
+        f"  written to: {output_dir}"
+    )
+    return output_dir
