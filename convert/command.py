@@ -34,9 +34,7 @@ def convert_checkpoint(
     """
     path, output_dir = Path(path), Path(output_dir)
     if (output_dir / checkpoint.PARAMS_DIR).exists() and not force:  # fail before reading gigabytes
-        raise FileExistsError(
-            f"{output_dir} already holds a sam_jax checkpoint; pass --force to overwrite it"
-        )
+        raise FileExistsError(f"{output_dir} already holds a sam_jax checkpoint; pass --force to overwrite it")
 
     state_dict, source = read_checkpoint(path, progress=True)
     if model_type is None:

@@ -67,9 +67,7 @@ def detect_model_type(state_dict: Mapping[str, Any]) -> str:
         f"image encoder is {width} wide with {depth} blocks, which matches no SAM model "
         f"(width x blocks: {_sizes(MODEL_TYPES)}){other_model_hint(state_dict)}"
     )
-    tests = [
-        n for n, c in CONFIGS.items() if (c.image_encoder.embed_dim, c.image_encoder.depth) == (width, depth)
-    ]
+    tests = [n for n, c in CONFIGS.items() if (c.image_encoder.embed_dim, c.image_encoder.depth) == (width, depth)]
     if tests:
         message += f"; it matches the test config {tests[0]!r}, which must be asked for by name"
     raise ValueError(message)

@@ -164,9 +164,7 @@ def _read_torch(file: Path, kind: str, notes: list[str], progress: bool) -> dict
 
     state_dict = _unwrap(loaded, file, notes, torch.Tensor)
     arrays = {}
-    for key, tensor in tqdm(
-        state_dict.items(), desc=f"reading {file.name}", unit="tensor", disable=not progress
-    ):
+    for key, tensor in tqdm(state_dict.items(), desc=f"reading {file.name}", unit="tensor", disable=not progress):
         tensor = tensor.detach()
         if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16 of its own: reinterpret the bits
             arrays[key] = tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
@@ -186,9 +184,7 @@ def _unwrap(obj: Any, file: Path, notes: list[str], tensor_type: type) -> dict[s
                 f"under {' or '.join(map(repr, WRAPPER_KEYS))}; found non-tensor entries {others[:8]}"
             )
         ignored = sorted(str(k) for k in obj if k != wrapper)
-        notes.append(
-            f"took checkpoint[{wrapper!r}]" + (f", ignoring {', '.join(ignored)}" if ignored else "")
-        )
+        notes.append(f"took checkpoint[{wrapper!r}]" + (f", ignoring {', '.join(ignored)}" if ignored else ""))
         obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not obj:
         found = "an empty dict" if isinstance(obj, Mapping) else type(obj).__name__

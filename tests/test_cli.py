@@ -69,17 +69,12 @@ def _error_line(stderr: str) -> str:
 def test_errors_are_one_line_with_exit_code_2(tiny_pth, tmp_path, capsys):
     missing = tmp_path / "missing.pth"
     assert main(["convert", str(missing), str(tmp_path / "out")]) == 2
-    assert (
-        capsys.readouterr().err
-        == f"sam-jax convert: error: {missing}: no such checkpoint file or directory\n"
-    )
+    assert capsys.readouterr().err == f"sam-jax convert: error: {missing}: no such checkpoint file or directory\n"
 
     path, _ = tiny_pth
     assert main(["convert", str(path), str(tmp_path / "out")]) == 2  # test configs are never detected
     line = _error_line(capsys.readouterr().err)
-    assert line.startswith(
-        "sam-jax convert: error: image encoder is 48 wide with 2 blocks, which matches no SAM"
-    )
+    assert line.startswith("sam-jax convert: error: image encoder is 48 wide with 2 blocks, which matches no SAM")
 
     assert main(["convert", str(path), str(tmp_path / "out"), "--model-type", "tiny"]) == 0
     assert main(["convert", str(path), str(tmp_path / "out"), "--model-type", "tiny"]) == 2

@@ -156,9 +156,7 @@ def test_bf16_and_fp16_become_float32(tiny, scratch):
 def test_normalisation_buffers_are_checked_and_dropped(tiny, scratch):
     state_dict, direct = tiny
     mean, std = torch.tensor([123.675, 116.28, 103.53]), torch.tensor([58.395, 57.12, 57.375])
-    torch.save(
-        {**state_dict, "pixel_mean": mean.view(3, 1, 1), "pixel_std": std.view(3, 1, 1)}, scratch / "a.pth"
-    )
+    torch.save({**state_dict, "pixel_mean": mean.view(3, 1, 1), "pixel_std": std.view(3, 1, 1)}, scratch / "a.pth")
     out = convert_checkpoint(scratch / "a.pth", scratch / "a", model_type="tiny")
     _assert_identical(_restore(out, direct), direct)
 
@@ -230,9 +228,7 @@ def test_transformers_files_convert_like_the_official_one(vit_b, scratch, capsys
 
     out = convert_checkpoint(scratch / "hf", scratch / "from_safetensors")
     summary = capsys.readouterr().out
-    assert (
-        "safetensors file, transformers SamModel names; read model.safetensors from the directory" in summary
-    )
+    assert "safetensors file, transformers SamModel names; read model.safetensors from the directory" in summary
     _assert_identical(_restore(out, expected), expected)
 
     out = convert_checkpoint(scratch / "bin" / "pytorch_model.bin", scratch / "from_bin")
@@ -252,22 +248,16 @@ def test_safetensors_need_no_torch(tiny, scratch, monkeypatch):
     assert set(got) == set(state_dict)
     for key, tensor in state_dict.items():
         np.testing.assert_array_equal(got[key], tensor.numpy(), err_msg=key)
-    with pytest.raises(
-        ModuleNotFoundError, match=r"sam\.pth needs torch .*model\.safetensors files can be read"
-    ):
+    with pytest.raises(ModuleNotFoundError, match=r"sam\.pth needs torch .*model\.safetensors files can be read"):
         read_checkpoint(scratch / "sam.pth")
 
 
 def test_transformers_duplicate_must_match(tiny, scratch):
     state_dict, _ = tiny
     hf = to_transformers(state_dict)
-    hf["prompt_encoder.shared_embedding.positional_embedding"] = (
-        hf["shared_image_embedding.positional_embedding"] + 1
-    )
+    hf["prompt_encoder.shared_embedding.positional_embedding"] = hf["shared_image_embedding.positional_embedding"] + 1
     torch.save(hf, scratch / "pytorch_model.bin")
-    with pytest.raises(
-        ValueError, match=r"shared_embedding\.positional_embedding differs from shared_image_embedding"
-    ):
+    with pytest.raises(ValueError, match=r"shared_embedding\.positional_embedding differs from shared_image_embedding"):
         read_checkpoint(scratch / "pytorch_model.bin")
 
 
@@ -325,9 +315,7 @@ def test_refuses_truncated_files(tiny, scratch):
 
 def test_refuses_other_models(scratch):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), scratch / "resnet18.pth")
-    with pytest.raises(
-        ValueError, match=r"not a SAM checkpoint: no image_encoder\.patch_embed\.proj\.weight; "
-    ):
+    with pytest.raises(ValueError, match=r"not a SAM checkpoint: no image_encoder\.patch_embed\.proj\.weight; "):
         convert_checkpoint(scratch / "resnet18.pth", scratch / "out")
 
     sam2_like = {
@@ -393,9 +381,7 @@ def test_refuses_a_model_type_that_contradicts_the_shapes(vit_b, tiny, scratch):
     ):
         convert_checkpoint(vit_b[1], scratch / "out", model_type="vit_l")
     torch.save(tiny[0], scratch / "tiny.pth")
-    with pytest.raises(
-        ValueError, match=r"48 wide with 2 blocks, which matches no SAM model .*test config 'tiny'"
-    ):
+    with pytest.raises(ValueError, match=r"48 wide with 2 blocks, which matches no SAM model .*test config 'tiny'"):
         convert_checkpoint(scratch / "tiny.pth", scratch / "out")
 
 
