@@ -1,0 +1,86 @@
+"""``sam-jax segment``: files written, equal to the predictor's output, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam_jax import save_sam
+from sam_jax.cli import main
+from sam_jax.predictor import SamPredictor
+from sam_jax.segment import read_image
+
+from conftest import fixture_model
+
+IMAGE = Path(__file__).parents[1] / "examples" / "images" / "chelsea.jpg"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_sam(fixture_model("tiny"), path)
+    return path
+
+
+def test_points_and_box_write_masks_scores_and_overlay(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["segment", str(IMAGE), "--checkpoint", str(tiny_dir), "--point", "200,100", "--point", "20,30,0"]
+    assert main([*argv, "--box", "50,20,400,280", "--output", str(out)]) == 0
+    summary = json.loads((out / "scores.json").read_text())
+    assert [m["file"] for m in summary["masks"]] == ["mask_0.png", "mask_1.png", "mask_2.png"]
+    predictor = SamPredictor(fixture_model("tiny"))
+    predictor.set_image(read_image(IMAGE))
+    masks, scores, _ = predictor.predict(
+        np.array([[200.0, 100], [20, 30]]), np.array([1, 0]), np.array([50.0, 20, 400, 280])
+    )
+    for i, m in enumerate(summary["masks"]):
+        png = np.asarray(Image.open(out / m["file"]))
+        np.testing.assert_array_equal(png > 0, masks[i])
+        assert m["score"] == pytest.approx(float(scores[i]), abs=1e-6)
+    overlay = np.asarray(Image.open(out / "overlay.png"))
+    assert overlay.shape == (300, 451, 3)
+    assert "overlay.png" in capsys.readouterr().out
+
+
+def test_several_boxes_give_one_prediction_each(tiny_dir, tmp_path):
+    argv = ["segment", str(IMAGE), "--checkpoint", str(tiny_dir), "--box", "0,0,100,100", "--box", "50,60,300,200"]
+    assert main([*argv, "--single-mask", "--output", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "scores.json").read_text())
+    assert [m["file"] for m in summary["masks"]] == ["mask_0_0.png", "mask_1_0.png"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--box", "1,2,3"], "box must be X1,Y1,X2,Y2"),
+        (["--point", "1,nan"], "point must be"),
+        (["--box", "10,10,5,20"], "x2 >= x1"),
+        (["--point", "1,2", "--box", "0,0,9,9", "--box", "1,1,5,5"], "one box only"),
+        ([], "at least one point or box"),
+    ],
+)
+def test_bad_prompts_exit_2_with_a_clear_message(tiny_dir, tmp_path, capsys, extra, message):
+    argv = ["segment", str(IMAGE), "--checkpoint", str(tiny_dir), "--output", str(tmp_path), *extra]
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unreadable_image_and_missing_checkpoint(tiny_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert (
+        main(["segment", str(bad), "--checkpoint", str(tiny_dir), "--box", "0,0,5,5", "--output", str(tmp_path)]) == 2
+    )
+    assert "cannot read image" in capsys.readouterr().err
+    assert (
+        main(["segment", str(IMAGE), "--checkpoint", str(tmp_path), "--box", "0,0,5,5", "--output", str(tmp_path)]) == 2
+    )
+    assert "not a sam_jax checkpoint" in capsys.readouterr().err
