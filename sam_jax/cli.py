@@ -120,7 +120,13 @@ def _run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_convert, _add_segment)
+def _add_amg(subparsers: argparse._SubParsersAction) -> None:
+    from sam_jax.amg.cli import add_parser
+
+    add_parser(subparsers)
+
+
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_convert, _add_segment, _add_amg)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,143 @@
+"""``sam-jax amg``: automatic masks for an image or a folder, flags as the reference's
+``scripts/amg.py``, plus resume, overlays and multi-process runs under ``jax.distributed``.
+
+Wire into a top-level parser with :func:`add_parser`; run standalone as
+``python -m sam_jax.amg.cli --input ... --output ... --checkpoint ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+DESCRIPTION = (
+    "Runs automatic mask generation on an input image or a folder of images (walked recursively) and "
+    "writes, per image, a folder of PNG masks with metadata.csv or, with --convert-to-rle, one COCO-RLE "
+    "JSON. Finished images are skipped on restart. Under jax.distributed each process takes its share."
+)
+# AMG settings: flag name -> (type, help). Unset flags keep the generator's defaults, as in the reference.
+AMG_SETTINGS: dict[str, tuple[type, str]] = {
+    "points_per_side": (int, "Sample a grid with this many points to a side."),
+    "points_per_batch": (int, "Points decoded at once per device."),
+    "pred_iou_thresh": (float, "Exclude masks whose predicted IoU is not above this."),
+    "stability_score_thresh": (float, "Exclude masks with a stability score below this."),
+    "stability_score_offset": (float, "Logit offset used to measure the stability score."),
+    "box_nms_thresh": (float, "Box IoU above which a duplicate mask is removed."),
+    "crop_n_layers": (int, "If > 0, also generate on this many layers of image crops."),
+    "crop_nms_thresh": (float, "Box IoU above which a duplicate mask across crops is removed."),
+    "crop_overlap_ratio": (float, "Fraction of the image by which first-layer crops overlap."),
+    "crop_n_points_downscale_factor": (int, "Points per side are divided by this per crop layer."),
+    "min_mask_region_area": (int, "Remove holes and islands smaller than this many pixels."),
+}
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``amg`` arguments to ``parser``."""
+    parser.add_argument("--input", required=True, help="An image, or a folder of images.")
+    parser.add_argument("--output", required=True, help="Folder for the outputs (created).")
+    parser.add_argument(
+        "--model-type",
+        default=None,
+        help="'default', 'vit_h', 'vit_l' or 'vit_b': checked against the checkpoint (default: any).",
+    )
+    parser.add_argument("--checkpoint", required=True, help="A sam_jax checkpoint folder (from `sam-jax convert`).")
+    parser.add_argument("--device", default=None, help="JAX platform to run on: cpu, gpu or tpu (default: JAX's).")
+    parser.add_argument(
+        "--convert-to-rle", action="store_true", help="Write one COCO-RLE JSON per image instead of PNG folders."
+    )
+    parser.add_argument("--overlay", action="store_true", help="Also write <name>.overlay.png with the masks drawn.")
+    parser.add_argument("--batch-size", type=int, default=None, help="Images per batch (default: local devices).")
+    parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+    amg = parser.add_argument_group("AMG Settings")
+    for name, (kind, text) in AMG_SETTINGS.items():
+        amg.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
+    dist = parser.add_argument_group("Multi-process (jax.distributed)")
+    dist.add_argument(
+        "--distributed",
+        action="store_true",
+        help="Call jax.distributed.initialize() (arguments below, or auto-detected on clusters).",
+    )
+    dist.add_argument("--coordinator-address", default=None, help="host:port of process 0.")
+    dist.add_argument("--num-processes", type=int, default=None)
+    dist.add_argument("--process-id", type=int, default=None)
+    return parser
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``amg`` on a ``sam-jax`` subcommand parser; its ``run`` default is :func:`run`
+    (``sam_jax.cli.main`` calls ``args.run(args)``)."""
+    parser = subparsers.add_parser("amg", help="Automatic mask generation over images.", description=DESCRIPTION)
+    build_parser(parser)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def amg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Generator arguments from the AMG flags that were given."""
+    return {k: getattr(args, k) for k in AMG_SETTINGS if getattr(args, k) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``sam-jax amg``. Returns the exit status (0, or 1 when some images could not be read)."""
+    import jax
+
+    if args.distributed or args.coordinator_address is not None:
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    from sam_jax.amg.dataset import list_jobs, run_jobs, shard
+    from sam_jax.amg.generator import SamAutomaticMaskGenerator
+    from sam_jax.build import load_sam, sam_model_registry
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("sam_jax.amg")
+    log.setLevel(logging.INFO)  # basicConfig is a no-op when a library configured logging first
+    jobs = shard(list_jobs(args.input, args.output), jax.process_index(), jax.process_count())
+    devices = jax.local_devices(backend=args.device)
+    if args.model_type is None:
+        model = load_sam(args.checkpoint)
+    elif args.model_type in sam_model_registry:
+        model = sam_model_registry[args.model_type](args.checkpoint)
+    else:
+        raise SystemExit(f"--model-type must be one of {sorted(sam_model_registry)}, got {args.model_type!r}")
+    rle = args.convert_to_rle
+    generator = SamAutomaticMaskGenerator(
+        model, output_mode="coco_rle" if rle else "binary_mask", devices=devices, **amg_kwargs(args)
+    )
+    log.info(
+        "process %d/%d: %d images on %d %s device(s)",
+        jax.process_index(),
+        jax.process_count(),
+        len(jobs),
+        len(devices),
+        devices[0].platform,
+    )
+    summary = run_jobs(
+        generator.generate_batch,
+        jobs,
+        rle=rle,
+        write_overlay=args.overlay,
+        batch_size=args.batch_size or len(devices),
+        progress=not args.quiet,
+    )
+    log.info(
+        "written %d, already done %d, unreadable %d",
+        len(summary.written),
+        len(summary.skipped),
+        len(summary.failed),
+    )
+    return 1 if summary.failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry point: ``python -m sam_jax.amg.cli``."""
+    parser = build_parser(argparse.ArgumentParser(prog="sam-jax amg", description=DESCRIPTION))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

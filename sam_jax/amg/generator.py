@@ -1,0 +1,485 @@
+"""``SamAutomaticMaskGenerator``: the reference's automatic mask generation, with the heavy math
+on the device and sharded over a mesh of every local device.
+
+Per crop, each step decodes ``devices x points_per_batch`` grid points at once (sharded over the
+mesh's ``data`` axis), upsamples the logits to the crop's resolution one mask at a time, and keeps only
+per-mask statistics (predicted IoU, stability score, box, a keep flag) plus the 256x256 low-res
+logits. Box NMS within the crop and across crops runs on the device over those statistics; only
+the surviving masks are rendered at full resolution, bit-packed and sent to the host, where RLE
+encoding and small-region removal (OpenCV, as the reference) happen.
+
+Host round-trips: one small read per crop (which candidates survived its NMS) and the final masks.
+Shapes are static: point batches are padded (padded slots carry ``keep=False``), canvases are
+rounded up to multiples of :data:`CANVAS_MULTIPLE` and mask counts to powers of two, so a new image
+size compiles at most once per canvas bucket.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+from jaxtyping import Array, Bool, Float, Int
+
+from sam_jax import inference
+from sam_jax.amg import ops
+from sam_jax.amg.crops import build_all_layer_point_grids, generate_crop_boxes
+from sam_jax.amg.regions import clean_mask
+from sam_jax.amg.rle import area_from_rle, coco_encode_rle, mask_to_rle, paste
+from sam_jax.images import as_rgb_uint8
+from sam_jax.modeling.sam import Sam, postprocess_matrices
+from sam_jax.sharding import DATA_AXIS, batch_sharding, data_mesh, replicated
+from sam_jax.transforms import apply_coords, preprocess_shape, resize_image
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+# Crop canvases are padded up to a multiple of this many pixels, so image sizes share programs.
+CANVAS_MULTIPLE = 128
+
+
+class Candidates(NamedTuple):
+    """Per-mask statistics of a point batch, in the crop's frame (a pytree)."""
+
+    iou: Float[Array, " N"]
+    stability: Float[Array, " N"]
+    boxes: Int[Array, "N 4"]
+    keep: Bool[Array, " N"]
+
+
+def _per_device_map(mesh: Mesh, fn, xs: jax.Array, *shared):
+    """``fn(x, *shared)`` for each ``x`` along the leading axis of ``xs``, one at a time, every
+    device looping over its own shard of that axis (``shard_map``: no device waits on another and
+    nothing is gathered). ``shared`` pytrees are replicated."""
+    specs = (PartitionSpec(DATA_AXIS), *(PartitionSpec() for _ in shared))
+    body = lambda x, *c: jax.lax.map(lambda e: fn(e, *c), x)
+    return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(DATA_AXIS))(xs, *shared)
+
+
+def score_points(
+    graphdef: inference.GraphDef,
+    mesh: Mesh,
+    params: inference.Params,
+    embedding: Float[Array, "g g D"],
+    template: inference.Prompts,
+    points: Float[Array, "S 2"],
+    valid: Bool[Array, " S"],
+    up: ops.Upscale,
+    crop_box: Int[Array, " 4"],
+    image_size: Int[Array, " 2"],
+    thr: ops.Thresholds,
+) -> tuple[Float[Array, "N m m"], Candidates]:
+    """Decode ``S`` single-point prompts (model-input frame) and score their ``N = 3 S`` masks.
+
+    Follows the reference's ``_process_batch``: predicted-IoU filter, stability score on the logits
+    at crop resolution, threshold, boxes, rejection of boxes near an inner crop edge. Returns the
+    low-res logits (kept on the device for rendering survivors later) and :class:`Candidates`.
+
+    Called through :func:`jitted_score_points`.
+    """
+    prompts = template._replace(coords=template.coords.at[:, 0].set(points))
+    low, iou = inference.decode(graphdef, params, embedding, prompts, True)
+    c = low.shape[1]
+    low = low.reshape(-1, *low.shape[2:])
+    iou = iou.reshape(-1)
+    stats = _per_device_map(mesh, lambda x, u, t: ops.mask_stats(ops.upscale(x, u), ops.inside(u), t), low, up, thr)
+    stability = ops.stability_score(stats.high, stats.low)
+    boxes = ops.boxes_from_occupancy(stats.rows, stats.cols)
+    keep = jnp.repeat(valid, c)
+    keep &= ~thr.use_pred_iou | (iou > thr.pred_iou)
+    keep &= ~thr.use_stability | (stability >= thr.stability)
+    keep &= ~ops.near_crop_edge(boxes, crop_box, image_size)
+    cands = Candidates(iou, stability, boxes, keep)
+    return low, cands
+
+
+@functools.lru_cache(maxsize=8)
+def jitted_score_points(graphdef: inference.GraphDef, mesh: Mesh):
+    """:func:`score_points` jitted with ``graphdef`` and ``mesh`` bound, one per model and mesh so
+    generators share compiled programs (a static graphdef would be re-hashed on every call, which
+    costs milliseconds)."""
+    return jax.jit(functools.partial(score_points, graphdef, mesh))
+
+
+@jax.jit
+def crop_nms(cands: Candidates, iou_threshold: Float[Array, ""]) -> tuple[Bool[Array, " N"], Int[Array, " N"]]:
+    """Box NMS among the candidates of one crop, by descending predicted IoU (reference
+    ``_process_crop``). Returns keep flags and the visiting order."""
+    order = ops.nms_order(-cands.iou, valid=cands.keep)
+    return ops.nms(cands.boxes, order, cands.keep, iou_threshold), order
+
+
+@jax.jit
+def ranked_nms(
+    boxes: Int[Array, "N 4"], keys: Float[Array, "k N"], valid: Bool[Array, " N"], iou_threshold: Float[Array, ""]
+) -> tuple[Bool[Array, " N"], Int[Array, " N"]]:
+    """Box NMS visiting boxes by ascending ``keys`` rows (first row primary), then index."""
+    order = ops.nms_order(*keys, valid=valid)
+    return ops.nms(boxes, order, valid, iou_threshold), order
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def render_masks(
+    mesh: Mesh, low: Float[Array, "K m m"], up: ops.Upscale, mask_threshold: Float[Array, ""]
+) -> Int[Array, "K Hb Wb8"]:
+    """Binary masks on the canvas, bit-packed along rows (``np.unpackbits(..., axis=-1)``)."""
+
+    def render(x: jax.Array, u: ops.Upscale, t: jax.Array) -> jax.Array:
+        return jnp.packbits((ops.upscale(x, u) > t) & ops.inside(u), axis=-1)
+
+    return _per_device_map(mesh, render, low, up, mask_threshold)
+
+
+@jax.jit
+def gather_rows(parts: tuple[Float[Array, "n m m"], ...], idx: Int[Array, " K"]) -> Float[Array, "K m m"]:
+    """Rows ``idx`` of the concatenation of ``parts`` (equal lengths), without concatenating them."""
+    n = parts[0].shape[0]
+    out = jnp.zeros((idx.shape[0], *parts[0].shape[1:]), parts[0].dtype)
+    for s, part in enumerate(parts):
+        rows = jnp.take(part, jnp.clip(idx - s * n, 0, n - 1), axis=0)
+        out = jnp.where((idx // n == s)[:, None, None], rows, out)
+    return out
+
+
+_boxes_from_occupancy = jax.jit(ops.boxes_from_occupancy)
+
+
+def _bucket(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _pow2_at_least(n: int, floor: int) -> int:
+    return max(floor, 1 << max(n - 1, 0).bit_length())
+
+
+@dataclasses.dataclass
+class _Crop:
+    """One crop of one image while it is processed."""
+
+    box: list[int]
+    points: np.ndarray  # (n, 2) float64, crop frame
+    up: ops.Upscale
+    # Filled by _score_crop, one entry per kept mask in within-crop NMS order:
+    iou: np.ndarray | None = None
+    stability: np.ndarray | None = None
+    boxes: np.ndarray | None = None  # (k, 4) xyxy, image frame
+    point_idx: np.ndarray | None = None
+    low: jax.Array | None = None  # (k padded, m, m) low-res logits
+
+
+@dataclasses.dataclass
+class _Pending:
+    """An image whose final masks are being rendered on the device."""
+
+    size: tuple[int, int]
+    crops: list[_Crop]
+    picks: list[tuple[int, int, int]]  # (crop, row of its kept list, row of its render), output order
+    packed: list[jax.Array | None]  # per crop, its rendered masks
+
+
+class SamAutomaticMaskGenerator:
+    """Masks for a whole image from a grid of point prompts (``segment_anything``'s generator).
+
+    Same arguments and records as the reference; see its docstring for their meaning. Extra:
+    ``devices`` (default: every local device) are the mesh the work is sharded over.
+    """
+
+    def __init__(
+        self,
+        model: Sam,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+        *,
+        devices: Sequence[jax.Device] | None = None,
+    ) -> None:
+        if not isinstance(model, Sam):
+            raise TypeError(f"SamAutomaticMaskGenerator needs a sam_jax Sam model, got {type(model).__name__}")
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("exactly one of points_per_side or point_grids must be given")
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+        if points_per_batch < 1:
+            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        if points_per_side is not None:
+            point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+        if len(point_grids) < crop_n_layers + 1:
+            raise ValueError(f"point_grids needs one grid per crop layer ({crop_n_layers + 1}), got {len(point_grids)}")
+        self.point_grids = [np.asarray(g, np.float64).reshape(-1, 2) for g in point_grids]
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+
+        self.model = model
+        self.mesh = data_mesh(None if devices is None else tuple(devices))
+        self._data = batch_sharding(self.mesh)
+        self._replicated = replicated(self.mesh)
+        graphdef, params = inference.split(model)
+        self._graphdef = graphdef
+        self._score_points = jitted_score_points(graphdef, self.mesh)
+        self._params = jax.device_put(params, self._replicated)
+        cfg = model.config
+        self._img_size = cfg.img_size
+        self._low_res = cfg.prompt_encoder.mask_input_size
+        self._thresholds = ops.Thresholds.make(
+            cfg.mask_threshold, pred_iou_thresh, stability_score_thresh, stability_score_offset
+        )
+        self._step = self.mesh.size * points_per_batch
+        self._upscales: dict[tuple[int, int], ops.Upscale] = {}
+        ones = np.ones((self._step, 1), np.int32)
+        self._template = jax.device_put(
+            inference.make_prompts(
+                np.zeros((self._step, 1, 2), np.float32),
+                ones,
+                None,
+                None,
+                num_prompts=self._step,
+                mask_size=self._low_res,
+            ),
+            self._data,
+        )
+
+    # ----------------------------------------------------------------------------------- public
+
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Mask records for ``image``, ``(H, W, 3)`` uint8 RGB (gray and RGBA are accepted).
+
+        Each record has the reference's keys: ``segmentation`` (per ``output_mode``), ``area``,
+        ``bbox`` (XYWH), ``predicted_iou``, ``point_coords`` (``[[x, y]]``), ``stability_score``
+        and ``crop_box`` (XYWH).
+        """
+        image = as_rgb_uint8(image)
+        return self._finalize(self._device_stage(image, self._encode([image])[0]))
+
+    def generate_batch(self, images: Sequence[np.ndarray]) -> list[list[dict[str, Any]]]:
+        """:meth:`generate` for many images: every crop of every image is encoded in batches
+        sharded over the mesh, masks are generated image by image with points sharded over the
+        mesh, and the host encodes one image's masks while the device works on the next.
+
+        Embeddings of all of ``images`` are held at once: pass a few (e.g. one per device) at a time.
+        """
+        images = [as_rgb_uint8(im) for im in images]
+        embeddings = self._encode(images)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            futures = [
+                pool.submit(self._finalize, self._device_stage(im, emb))
+                for im, emb in zip(images, embeddings, strict=True)
+            ]
+            return [f.result() for f in futures]
+
+    # ------------------------------------------------------------------------------ device side
+
+    def _crop_boxes(self, size: tuple[int, int]) -> tuple[list[list[int]], list[int]]:
+        return generate_crop_boxes(size, self.crop_n_layers, self.crop_overlap_ratio)
+
+    def _encode(self, images: list[np.ndarray]) -> list[list[jax.Array]]:
+        """Embeddings ``(g, g, D)`` of every crop of every image, encoded ``devices`` at a time."""
+        s, d = self._img_size, self.mesh.size
+        crops = []
+        for im in images:
+            boxes, _ = self._crop_boxes(im.shape[:2])
+            crops.append([resize_image(im[y0:y1, x0:x1], s) for x0, y0, x1, y1 in boxes])
+        flat = [c for cs in crops for c in cs]
+        out = []
+        for start in range(0, len(flat), d):
+            chunk = flat[start : start + d]
+            batch = np.zeros((d, s, s, 3), np.uint8)
+            sizes = np.full((d, 2), s, np.int32)
+            for j, c in enumerate(chunk):
+                batch[j, : c.shape[0], : c.shape[1]] = c
+                sizes[j] = c.shape[:2]
+            emb = inference.encode_images(
+                self._graphdef, self._params, jax.device_put(batch, self._data), jax.device_put(sizes, self._data)
+            )
+            emb = jax.device_put(emb, self._replicated)
+            out.extend(emb[j] for j in range(len(chunk)))
+        it = iter(out)
+        return [[next(it) for _ in cs] for cs in crops]
+
+    def _upscale(self, h: int, w: int) -> ops.Upscale:
+        """Banded resize to an ``h x w`` crop on its canvas bucket (cached, on the mesh)."""
+        if (h, w) not in self._upscales:
+            self._upscales[(h, w)] = self._make_upscale(h, w)
+        return self._upscales[(h, w)]
+
+    def _make_upscale(self, h: int, w: int) -> ops.Upscale:
+        input_size = preprocess_shape(h, w, self._img_size)
+        rows, cols = postprocess_matrices(self._low_res, self._img_size, input_size, (h, w))
+        hb, wb = _bucket(h, CANVAS_MULTIPLE), _bucket(w, CANVAS_MULTIPLE)
+        rs, rw = ops.band(rows, hb)
+        cs, cw = ops.band(cols, wb)
+        return jax.device_put(ops.Upscale(rs, rw, cs, cw, np.array([h, w], np.int32)), self._replicated)
+
+    def _score_crop(self, crop: _Crop, embedding: jax.Array, image_size: tuple[int, int]) -> None:
+        """Score every grid point of the crop, keep the survivors of its NMS (one host read)."""
+        h, w = crop.box[3] - crop.box[1], crop.box[2] - crop.box[0]
+        model_points = apply_coords(crop.points, (h, w), self._img_size)
+        n = len(model_points)
+        steps = max(1, math.ceil(n / self._step))
+        padded = np.zeros((steps * self._step, 2), np.float32)
+        padded[:n] = model_points
+        valid = np.arange(steps * self._step) < n
+        box, size = np.asarray(crop.box, np.int32), np.asarray(image_size, np.int32)
+        lows, cands = [], []
+        for i in range(steps):
+            sl = slice(i * self._step, (i + 1) * self._step)
+            low, cand = self._score_points(
+                self._params,
+                embedding,
+                self._template,
+                jax.device_put(padded[sl], self._data),
+                jax.device_put(valid[sl], self._data),
+                crop.up,
+                box,
+                size,
+                self._thresholds,
+            )
+            lows.append(low)
+            cands.append(cand)
+        merged = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *cands)
+        keep, order = crop_nms(merged, ops.iou_threshold_f32(self.box_nms_thresh))
+        keep, order, iou, stability, boxes = jax.device_get((keep, order, merged.iou, merged.stability, merged.boxes))
+        kept = order[keep[order]]
+        crop.iou, crop.stability = iou[kept], stability[kept]
+        crop.boxes = boxes[kept] + np.tile(crop.box[:2], 2)
+        crop.point_idx = kept // 3
+        crop.low = self._gather(lows, kept)
+
+    def _gather(self, lows: list[jax.Array], idx: np.ndarray) -> jax.Array:
+        """Low-res logits of candidates ``idx`` (indices over the concatenated steps), padded to a
+        power of two (at least one per device) and sharded over the mesh."""
+        padded = np.zeros(_pow2_at_least(len(idx), self.mesh.size), np.int32)
+        padded[: len(idx)] = idx
+        return jax.device_put(gather_rows(tuple(lows), padded), self._data)
+
+    def _device_stage(self, image: np.ndarray, embeddings: list[jax.Array]) -> _Pending:
+        """Everything up to the final masks, which are left rendering on the device."""
+        size = image.shape[:2]
+        boxes, layers = self._crop_boxes(size)
+        crops = []
+        for box, layer, emb in zip(boxes, layers, embeddings, strict=True):
+            h, w = box[3] - box[1], box[2] - box[0]
+            points = self.point_grids[layer] * np.array([w, h], np.float64)
+            crop = _Crop(box, points, self._upscale(h, w))
+            self._score_crop(crop, emb, size)
+            crops.append(crop)
+        picks = [(c, j) for c, crop in enumerate(crops) for j in range(len(crop.iou))]
+        if len(crops) > 1:
+            picks = self._across_crops(crops, picks)
+        packed: list[jax.Array | None] = []
+        slot = {}  # (crop, kept row) -> row of that crop's rendered masks
+        for c, crop in enumerate(crops):
+            rows = [j for cc, j in picks if cc == c]
+            slot.update({(c, j): r for r, j in enumerate(rows)})
+            low = crop.low if rows == list(range(len(crop.iou))) else self._gather([crop.low], np.asarray(rows))
+            packed.append(render_masks(self.mesh, low, crop.up, self._thresholds.mask) if rows else None)
+        return _Pending(size, crops, [(c, j, slot[(c, j)]) for c, j in picks], packed)
+
+    def _across_crops(self, crops: list[_Crop], picks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """NMS across crops preferring smaller crops (score ``1 / crop area`` in float32), in the
+        reference's order: crops in turn, each in its within-crop NMS order."""
+        boxes = np.concatenate([c.boxes for c in crops]).astype(np.int32)
+        area = np.array([(crops[c].box[2] - crops[c].box[0]) * (crops[c].box[3] - crops[c].box[1]) for c, _ in picks])
+        score = np.float32(1) / area.astype(np.float32)
+        n = _pow2_at_least(len(picks), 1)
+        keys = np.zeros((2, n), np.float32)
+        keys[0, : len(picks)] = -score
+        keys[1, : len(picks)] = np.arange(len(picks))
+        pad = ((0, n - len(picks)), (0, 0))
+        keep, order = ranked_nms(
+            np.pad(boxes, pad), keys, np.arange(n) < len(picks), ops.iou_threshold_f32(self.crop_nms_thresh)
+        )
+        keep, order = np.asarray(keep), np.asarray(order)
+        return [picks[i] for i in order[keep[order]]]
+
+    # -------------------------------------------------------------------------------- host side
+
+    def _finalize(self, pending: _Pending) -> list[dict[str, Any]]:
+        """Fetch the rendered masks, remove small regions, encode and build the records."""
+        h, w = pending.size
+        host = [None if p is None else np.unpackbits(np.asarray(p), axis=-1) for p in pending.packed]
+        masks, boxes, meta = [], [], []
+        for c, j, r in pending.picks:
+            crop = pending.crops[c]
+            ch, cw = crop.box[3] - crop.box[1], crop.box[2] - crop.box[0]
+            masks.append(paste(host[c][r, :ch, :cw].astype(bool), crop.box, (h, w)))
+            boxes.append(crop.boxes[j])
+            meta.append((crop, j))
+        if self.min_mask_region_area > 0 and masks:
+            masks, boxes, meta = self._postprocess_small_regions(masks, boxes, meta)
+        records = []
+        for mask, box, (crop, j) in zip(masks, boxes, meta, strict=True):
+            rle = mask_to_rle(mask)
+            if self.output_mode == "coco_rle":
+                seg = coco_encode_rle(rle)
+            elif self.output_mode == "binary_mask":
+                seg = mask
+            else:
+                seg = rle
+            x0, y0 = crop.box[:2]
+            records.append(
+                {
+                    "segmentation": seg,
+                    "area": area_from_rle(rle),
+                    "bbox": _xywh(box),
+                    "predicted_iou": float(crop.iou[j]),
+                    "point_coords": [(crop.points[crop.point_idx[j]] + np.array([x0, y0])).tolist()],
+                    "stability_score": float(crop.stability[j]),
+                    "crop_box": _xywh(crop.box),
+                }
+            )
+        return records
+
+    def _postprocess_small_regions(
+        self, masks: list[np.ndarray], boxes: list[np.ndarray], meta: list
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list]:
+        """The reference's ``postprocess_small_regions``: clean every mask, then NMS preferring
+        unchanged masks; cleaned masks that survive get their new box."""
+        cleaned = [clean_mask(m, self.min_mask_region_area) for m in masks]
+        n = _pow2_at_least(len(masks), 1)
+        rows = np.zeros((n, masks[0].shape[0]), bool)
+        cols = np.zeros((n, masks[0].shape[1]), bool)
+        for i, (m, _) in enumerate(cleaned):
+            rows[i], cols[i] = m.any(1), m.any(0)
+        new_boxes = np.asarray(_boxes_from_occupancy(rows, cols))
+        keys = np.zeros((1, n), np.float32)
+        keys[0, : len(masks)] = [-float(not changed) for _, changed in cleaned]
+        thresh = ops.iou_threshold_f32(max(self.box_nms_thresh, self.crop_nms_thresh))
+        keep, order = ranked_nms(new_boxes, keys, np.arange(n) < len(masks), thresh)
+        keep, order = np.asarray(keep), np.asarray(order)
+        out_masks, out_boxes, out_meta = [], [], []
+        for i in order[keep[order]]:
+            mask, changed = cleaned[i]
+            out_masks.append(mask)
+            out_boxes.append(new_boxes[i] if changed else boxes[i])
+            out_meta.append(meta[i])
+        return out_masks, out_boxes, out_meta
+
+
+def _xywh(box: Sequence[int] | np.ndarray) -> list[int]:
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return [x0, y0, x1 - x0, y1 - y0]
