@@ -1,0 +1,230 @@
+"""Shared pieces of the benchmark workers: thread pinning, timing, memory, inputs and FLOP counts.
+
+Imported first by every worker (it touches only the standard library at import time), so that
+:func:`pin_threads` runs before NumPy, torch or JAX start their thread pools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+# The fixture weights (tests/reference_weights.py) and the rule table (convert/) live outside the package.
+for _p in (REPO / "tests", REPO):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+WEIGHTS_SEED = 0  # the seed of the committed parity fixtures (tests/conftest.py)
+NUM_BOXES = 64
+
+
+def pin_threads(n: int) -> None:
+    """Give this process ``n`` cores and tell every thread pool so, before any of them starts.
+
+    Affinity limits both sides to the same cores: XLA:CPU sizes its pool from the schedulable
+    CPUs, torch gets ``set_num_threads(n)`` in its worker and OpenMP/MKL read the env vars below.
+    """
+    if hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, cpus[:n])
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def timed(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> dict[str, Any]:
+    """Wall-clock seconds of ``fn()`` (which must block until its result exists): ``warmup``
+    untimed calls, then ``repeats`` timed ones. Returns median/min/max and every run, plus the
+    median CPU seconds (user + system, all threads) per run: on a shared machine that is the
+    figure other processes disturb least (but it counts idle spinning of thread pools too)."""
+    for _ in range(warmup):
+        fn()
+    runs, cpu = [], []
+    for _ in range(repeats):
+        c0, t0 = os.times(), time.perf_counter()
+        fn()
+        t1, c1 = time.perf_counter(), os.times()
+        runs.append(t1 - t0)
+        cpu.append((c1.user - c0.user) + (c1.system - c0.system))
+    return {
+        "median": statistics.median(runs),
+        "min": min(runs),
+        "max": max(runs),
+        "runs": runs,
+        "cpu_median": statistics.median(cpu),
+    }
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_bytes() -> int | None:
+    """Current resident set size."""
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def process_peak_rss_bytes() -> int:
+    """Peak RSS over the whole life of this process (``getrusage``)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+@contextlib.contextmanager
+def peak_rss(record: dict[str, Any], key: str) -> Iterator[None]:
+    """Record the peak RSS reached inside the block as ``record[key]`` (bytes).
+
+    Linux resets the high-water mark on writing 5 to ``/proc/self/clear_refs``; where that is not
+    possible the process-wide peak is recorded instead and ``record[key + "_is_process_peak"]`` set.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
+    yield
+    kib = _status_kib("VmHWM") if reset else None
+    if kib is None:
+        record[key] = process_peak_rss_bytes()
+        record[key + "_is_process_peak"] = True
+    else:
+        record[key] = kib * 1024
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def photo(name: str):
+    """A real photo from ``skimage.data`` as ``(H, W, 3)`` uint8 RGB."""
+    import numpy as np
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"skimage.data.{name} is not an RGB uint8 photo: {image.shape} {image.dtype}")
+    return image
+
+
+def fixture_state_dict(model: str) -> dict:
+    """The deterministic random weights of the parity fixtures, in the official state_dict layout."""
+    from reference_weights import load_shapes, random_state_dict
+
+    return random_state_dict(load_shapes(model), seed=WEIGHTS_SEED)
+
+
+def prompts(image_hw: tuple[int, int]) -> dict[str, Any]:
+    """The prompts both sides are timed with, in original-image pixels: one foreground point at
+    the centre, and :data:`NUM_BOXES` deterministic boxes spread over the image."""
+    import numpy as np
+
+    h, w = image_hw
+    rng = np.random.default_rng(0)
+    x0 = rng.uniform(0, 0.6 * w, NUM_BOXES)
+    y0 = rng.uniform(0, 0.6 * h, NUM_BOXES)
+    bw = rng.uniform(0.1 * w, 0.4 * w, NUM_BOXES)
+    bh = rng.uniform(0.1 * h, 0.4 * h, NUM_BOXES)
+    boxes = np.stack([x0, y0, x0 + bw, y0 + bh], axis=1).astype(np.float32)
+    return {
+        "point_coords": np.array([[w / 2, h / 2]], np.float32),
+        "point_labels": np.array([1], np.int32),
+        "boxes": boxes,
+    }
+
+
+# The reference's own defaults, and settings that let every candidate through the quality filters
+# (the reference skips a filter whose threshold is 0): with random fixture weights (predicted IoUs
+# about +-0.05) the defaults keep nothing, so the second setting is the one that exercises NMS, RLE
+# and rendering as real weights would.
+AMG_SETTINGS = {
+    "amg_default": {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95},
+    "amg_pass_all": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+}
+
+
+def amg_kwargs(setting: str, quick: bool) -> dict[str, Any]:
+    """Generator settings for both sides: ``setting`` is a key of :data:`AMG_SETTINGS`."""
+    return {
+        "points_per_side": 16 if quick else 32,
+        "points_per_batch": 64,
+        **AMG_SETTINGS[setting],
+        "output_mode": "binary_mask",
+    }
+
+
+# --- FLOPs --------------------------------------------------------------------------------------
+
+
+def encoder_flops(cfg) -> int:
+    """FLOPs (2 per multiply-add) of the matrix products of one image through the image encoder,
+    counted as the architecture defines them: windowed blocks run attention and its qkv/proj
+    projections on the zero-padded grid (64 -> 70 for window 14), as the reference does.
+    Elementwise work (LayerNorm, softmax, GELU, bias) is not counted."""
+    c, g, p = cfg.embed_dim, cfg.grid_size, cfg.patch_size
+    total = 2 * g * g * (p * p * cfg.in_chans) * c  # patch embedding
+    for i in range(cfg.depth):
+        if i in cfg.global_attn_indexes:
+            windows, side = 1, g
+        else:
+            side = cfg.window_size
+            windows = (-(-g // side)) ** 2
+        t = windows * side * side  # tokens attention runs on
+        k = side * side  # keys per query
+        total += 2 * t * c * 3 * c  # qkv
+        total += 2 * 2 * t * k * c  # q k^T and attn v, all heads
+        total += 2 * t * 2 * side * c  # decomposed rel-pos: q against the h and w tables
+        total += 2 * t * c * c  # proj
+        total += 2 * 2 * g * g * c * cfg.mlp_dim  # MLP
+    total += 2 * g * g * c * cfg.out_chans + 2 * g * g * 9 * cfg.out_chans**2  # neck convs
+    return total
+
+
+# --- reporting ----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """Host description: CPU model, cores, memory, OS, Python."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, KeyError):
+        info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in fields.get("flags", "").split()]
+        cpu = f"{fields['model name']} (family {fields.get('cpu family')} model {fields.get('model')}; {' '.join(isa)})"
+    mem = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_bytes": mem,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(data, indent=1, default=str))
