@@ -126,7 +126,19 @@ def _add_amg(subparsers: argparse._SubParsersAction) -> None:
     add_parser(subparsers)
 
 
-_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_convert, _add_segment, _add_amg)
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    from sam_jax.train.cli import add_evaluate_parser, add_parser
+
+    add_parser(subparsers)
+    add_evaluate_parser(subparsers)
+
+
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_convert,
+    _add_segment,
+    _add_amg,
+    _add_train,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -153,18 +153,44 @@ def _tiny(name: str, img_size: int, window_size: int) -> SamConfig:
     )
 
 
+def _demo(name: str) -> SamConfig:
+    """The bundled demo model (:mod:`sam_jax.assets`): SAM's architecture at 128 px, patch 8
+    (a 16x16 grid), four blocks alternating windowed (window 8) and global attention, and a
+    128-wide decoder; trained from scratch on synthetic shapes (:mod:`sam_jax.train.presets`)."""
+    dim = 128
+    return SamConfig(
+        name=name,
+        image_encoder=ImageEncoderConfig(
+            img_size=128,
+            patch_size=8,
+            embed_dim=96,
+            depth=4,
+            num_heads=4,
+            out_chans=dim,
+            window_size=8,
+            global_attn_indexes=(1, 3),
+        ),
+        prompt_encoder=PromptEncoderConfig(embed_dim=dim, image_embedding_size=16, input_image_size=128),
+        mask_decoder=MaskDecoderConfig(
+            transformer_dim=dim, transformer_mlp_dim=4 * dim, transformer_num_heads=4, iou_head_hidden_dim=dim
+        ),
+    )
+
+
 CONFIGS: dict[str, SamConfig] = {
     "vit_b": _sam("vit_b", 768, 12, 12, (2, 5, 8, 11)),
     "vit_l": _sam("vit_l", 1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": _sam("vit_h", 1280, 32, 16, (7, 15, 23, 31)),
     # Test configs: 10x10 grid with window 4 (pads to 12).
     "tiny": _tiny("tiny", img_size=160, window_size=4),
+    # The bundled demo model's architecture (sam-jax train --preset demo builds it).
+    "demo": _demo("demo"),
 }
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 
 
 def get_config(name: str) -> SamConfig:
-    """Look up a registry entry by name (``vit_b``, ``vit_l``, ``vit_h``, ``tiny``)."""
+    """Look up a registry entry by name (``vit_b``, ``vit_l``, ``vit_h``, ``tiny``, ``demo``)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown model type {name!r}; expected one of {sorted(CONFIGS)}")
     return CONFIGS[name]

@@ -84,3 +84,23 @@ def test_unreadable_image_and_missing_checkpoint(tiny_dir, tmp_path, capsys):
         main(["segment", str(IMAGE), "--checkpoint", str(tmp_path), "--box", "0,0,5,5", "--output", str(tmp_path)]) == 2
     )
     assert "not a sam_jax checkpoint" in capsys.readouterr().err
+
+
+def test_readme_main_command_runs_on_the_bundled_demo_model(tmp_path, monkeypatch):
+    """The README's quick-start command, taken from the README itself, with no checkpoint: the bundled
+    demo model segments the bundled sample image, and the best mask is the boxed shape."""
+    from sam_jax.train import presets
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if "sam-jax segment examples/" in x and "&&" in x)
+    argv = line.split(".venv/bin/sam-jax ", 1)[1].split()
+    assert "--checkpoint" not in argv
+    monkeypatch.chdir(Path(__file__).parents[1])
+    argv[argv.index("--output") + 1] = str(tmp_path / "out")
+    assert main(argv) == 0
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())
+    best = max(scores["masks"], key=lambda m: m["score"])
+    mask = np.asarray(Image.open(tmp_path / "out" / best["file"])) > 0
+    truth = presets.demo_sample()["masks"][presets.DEMO_SAMPLE_OBJECT]
+    assert (mask & truth).sum() / (mask | truth).sum() >= 0.85
+    assert (tmp_path / "out" / "overlay.png").is_file()

@@ -1,0 +1,1 @@
+"""Training data: synthetic shapes, image folders with masks, COCO annotations, grain pipelines."""

@@ -1,0 +1,1 @@
+"""Training and fine-tuning SAM: losses, prompt sampling, the sharded train step, the loop."""
