@@ -1,11 +1,25 @@
-"""sam_jax: Segment Anything in JAX/Flax NNX."""
+"""sam_jax: Segment Anything in JAX/Flax NNX.
 
-from sam_jax.amg.generator import SamAutomaticMaskGenerator
-from sam_jax.build import build_sam, load_sam, sam_model_registry, save_sam
-from sam_jax.config import SamConfig, get_config
-from sam_jax.modeling.sam import Sam
-from sam_jax.predictor import SamPredictor
+The public names below are imported on first use (PEP 562), so ``import sam_jax`` and the
+command line's ``--help`` do not pay for importing JAX.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "Sam": "sam_jax.modeling.sam",
+    "SamAutomaticMaskGenerator": "sam_jax.amg.generator",
+    "SamConfig": "sam_jax.config",
+    "SamPredictor": "sam_jax.predictor",
+    "build_sam": "sam_jax.build",
+    "get_config": "sam_jax.config",
+    "load_sam": "sam_jax.build",
+    "sam_model_registry": "sam_jax.build",
+    "save_sam": "sam_jax.build",
+}
 __all__ = [
     "Sam",
     "SamAutomaticMaskGenerator",
@@ -17,3 +31,22 @@ __all__ = [
     "sam_model_registry",
     "save_sam",
 ]
+
+if TYPE_CHECKING:
+    from sam_jax.amg.generator import SamAutomaticMaskGenerator
+    from sam_jax.build import build_sam, load_sam, sam_model_registry, save_sam
+    from sam_jax.config import SamConfig, get_config
+    from sam_jax.modeling.sam import Sam
+    from sam_jax.predictor import SamPredictor
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sam_jax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
