@@ -3,8 +3,8 @@
     python examples/amg_folder.py --input photos/ --output masks/ --checkpoint sam_vit_b/
 
 ``--checkpoint`` is a sam_jax checkpoint folder (``sam-jax convert`` writes one from the official
-``.pth``). Without it, a random-weight ``tiny`` model runs, which only shows the plumbing (its masks
-are noise, so the filters are opened wide). Rerunning skips images already done; images are spread
+``.pth``). Without it the bundled demo model runs (trained on synthetic shapes: try it on
+``examples/images/shapes.png``). Rerunning skips images already done; images are spread
 over every local device. The same, with every flag, is ``sam-jax amg``.
 """
 
@@ -14,9 +14,10 @@ import argparse
 
 import jax
 
-from sam_jax import build_sam, load_sam
+from sam_jax import load_sam
 from sam_jax.amg import SamAutomaticMaskGenerator
 from sam_jax.amg.dataset import list_jobs, run_jobs
+from sam_jax.assets import demo_checkpoint_dir
 
 
 def main() -> None:
@@ -27,14 +28,8 @@ def main() -> None:
     parser.add_argument("--points-per-side", type=int, default=32)
     args = parser.parse_args()
 
-    if args.checkpoint:
-        model, settings = load_sam(args.checkpoint), {}
-    else:
-        model = build_sam("tiny")
-        settings = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.95)
-    generator = SamAutomaticMaskGenerator(
-        model, points_per_side=args.points_per_side, output_mode="coco_rle", **settings
-    )
+    model = load_sam(args.checkpoint or demo_checkpoint_dir())
+    generator = SamAutomaticMaskGenerator(model, points_per_side=args.points_per_side, output_mode="coco_rle")
     summary = run_jobs(
         generator.generate_batch,
         list_jobs(args.input, args.output),

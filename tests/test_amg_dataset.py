@@ -144,3 +144,17 @@ def test_two_processes_equal_one(images, checkpoint, tmp_path):
     assert [p.returncode for p in procs] == [0, 1] or [p.returncode for p in procs] == [1, 0], errs
     assert "process 0/2: 3 images" in errs[0] and "process 1/2: 3 images" in errs[1], errs
     assert outputs(multi) == outputs(single)
+
+
+def test_without_checkpoint_the_demo_model_finds_the_sample_shapes(tmp_path):
+    """No --checkpoint: the bundled demo model auto-masks the bundled sample image, and its objects
+    are among the masks (each matched at IoU >= 0.8)."""
+    from sam_jax.train import presets
+
+    sample = Path(__file__).parents[1] / "examples" / "images" / "shapes.png"
+    assert run_cli("--input", str(sample), "--output", str(tmp_path), "--convert-to-rle", "--quiet") == 0
+    records = json.loads((tmp_path / "shapes.json").read_text())
+    found = np.stack([coco_rle_to_mask(r["segmentation"]) for r in records])
+    for truth in presets.demo_sample()["masks"]:
+        ious = (found & truth).sum((1, 2)) / (found | truth).sum((1, 2))
+        assert ious.max() >= 0.8, ious

@@ -42,7 +42,10 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="'default', 'vit_h', 'vit_l' or 'vit_b': checked against the checkpoint (default: any).",
     )
-    parser.add_argument("--checkpoint", required=True, help="A sam_jax checkpoint folder (from `sam-jax convert`).")
+    parser.add_argument(
+        "--checkpoint",
+        help="A sam_jax checkpoint folder (from `sam-jax convert`); default: the bundled demo model.",
+    )
     parser.add_argument("--device", default=None, help="JAX platform to run on: cpu, gpu or tpu (default: JAX's).")
     parser.add_argument(
         "--convert-to-rle", action="store_true", help="Write one COCO-RLE JSON per image instead of PNG folders."
@@ -98,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
     log.setLevel(logging.INFO)  # basicConfig is a no-op when a library configured logging first
     jobs = shard(list_jobs(args.input, args.output), jax.process_index(), jax.process_count())
     devices = jax.local_devices(backend=args.device)
+    if args.checkpoint is None:
+        from sam_jax.assets import demo_checkpoint_dir
+
+        args.checkpoint = demo_checkpoint_dir()
     if args.model_type is None:
         model = load_sam(args.checkpoint)
     elif args.model_type in sam_model_registry:
