@@ -52,6 +52,21 @@ def test_image_encoder(tiny_model, fx):
     assert max_abs(nchw(out), fx["encoder/out"]) <= TOL
 
 
+@pytest.mark.parametrize("score_block, token_block", [(16, 7), (50, 64)])
+def test_image_encoder_in_cache_sized_steps(tiny_model, fx, monkeypatch, score_block, token_block):
+    """The CPU path's blocked loops (query rows, windows, token slices; sizes that leave remainders)
+    give the reference's encoder output: tiny is otherwise too small to take them."""
+    from sam_jax.modeling import image_encoder
+
+    monkeypatch.setattr(image_encoder, "CPU_SCORE_BLOCK", score_block)
+    monkeypatch.setattr(image_encoder, "CPU_TOKEN_BLOCK", token_block)
+    for i in range(len(tiny_model.image_encoder.blocks)):
+        out = tiny_model.image_encoder.blocks[i](jnp.asarray(fx[f"block{i}/in"]))
+        assert max_abs(out, fx[f"block{i}/out"]) <= TOL
+    out = tiny_model.image_encoder(nhwc(fx["encoder/in"]))
+    assert max_abs(nchw(out), fx["encoder/out"]) <= TOL
+
+
 def test_neck(tiny_model, fx):
     x = nhwc(fx["neck/in"])
     for layer in tiny_model.image_encoder.neck:
