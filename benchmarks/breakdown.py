@@ -98,11 +98,8 @@ def _pad_windows(x, window: int):
 
 
 def _window_branch(block, x):
-    """The windowed block's attention branch as ``Block`` runs it (partition, attend, unpartition)."""
-    from sam_jax.modeling.image_encoder import window_partition, window_unpartition
-
-    windows, padded = window_partition(x, block.window_size)
-    return window_unpartition(block.attn(windows), block.window_size, padded, x.shape[1:3])
+    """The windowed block's attention branch as ``Block`` runs it (qkv, windowing, attention, proj)."""
+    return block.attn(x, window=block.window_size)
 
 
 def _boxes(rng, size: int):
