@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 from sam_jax import inference, sharding
 from sam_jax.compile_cache import enable_compilation_cache
 from sam_jax.images import as_rgb_uint8
-from sam_jax.modeling.sam import Sam, postprocess_matrices
+from sam_jax.modeling.sam import Sam
 from sam_jax.prompts import check_box, check_mask_input, check_point_sets, check_points
 from sam_jax.transforms import apply_boxes, apply_coords, resize_image
 
@@ -40,9 +40,14 @@ class SamPredictor:
         self.mesh = sharding.data_mesh() if mesh is None else mesh
         self.graphdef, params = inference.split(sam_model)
         self.params = sharding.replicate(params, self.mesh)
+        self._decoder = inference.decoder(self.graphdef)
+        self._image_pe = inference.dense_pe(self.graphdef, self.params)
+        self._platform = self.mesh.devices.flat[0].platform
         self.img_size = sam_model.config.img_size
         self.mask_size = sam_model.config.prompt_encoder.mask_input_size
         self.mask_threshold = sam_model.config.mask_threshold
+        self._threshold = np.float32(self.mask_threshold)
+        self._resizes: dict[tuple[tuple[int, int], tuple[int, int]], inference.Resize] = {}
         self.reset_image()
 
     # --- images ---------------------------------------------------------------------------------
@@ -204,9 +209,13 @@ class SamPredictor:
         ]
         size = sharding.padded_batch_size(self.num_images, self.mesh)
         stacked = inference.Prompts(*(sharding.pad_batch(np.stack(f), size) for f in zip(*batch, strict=True)))
-        feats = self._features
-        low_res, iou = inference.decode_batch(
-            self.graphdef, self.params, feats, sharding.shard_batch(stacked, self.mesh), bool(multimask_output)
+        low_res, iou = self._decoder.decode_batch(
+            self.params,
+            self._features,
+            sharding.shard_batch(inference.drop_absent(stacked), self.mesh),
+            bool(multimask_output),
+            image_pe=self._image_pe,
+            prompt_chunk=inference.prompt_chunk(width, 1, self._platform),
         )
         return [
             self._finish(i, low_res[i], iou[i], n, return_logits)
@@ -262,23 +271,24 @@ class SamPredictor:
         n = _num_prompts(coords, labels, boxes, masks_in)
         size = sharding.padded_batch_size(n, self.mesh)
         prompts = self._prompts(image, coords, labels, boxes, masks_in, num_prompts=n, pad_to=size)
-        low_res, iou = inference.decode(
-            self.graphdef,
+        low_res, iou = self._decoder.decode(
             self.params,
             self._features[image],
-            sharding.shard_batch(prompts, self.mesh),
+            sharding.shard_batch(inference.drop_absent(prompts), self.mesh),
             bool(multimask_output),
+            image_pe=self._image_pe,
+            prompt_chunk=inference.prompt_chunk(size, self.mesh.size, self._platform),
         )
         return self._finish(image, low_res, iou, n, return_logits)
 
     def _finish(self, image: int, low_res: jax.Array, iou: jax.Array, n: int, return_logits: bool) -> Prediction:
-        rows, cols = postprocess_matrices(
-            low_res.shape[-1], self.img_size, self._input_sizes[image], self._original_sizes[image]
-        )
-        masks = inference.upscale_masks(low_res, rows, cols)
-        if not return_logits:
-            masks = masks > self.mask_threshold
-        return np.asarray(masks[:n]), np.asarray(iou[:n]), np.asarray(low_res[:n])
+        key = (self._input_sizes[image], self._original_sizes[image])
+        if key not in self._resizes:
+            resize = inference.Resize.make(low_res.shape[-1], self.img_size, *key)
+            self._resizes[key] = sharding.replicate(resize, self.mesh)
+        masks = inference.postprocess(low_res, self._resizes[key], self._threshold, bool(return_logits))
+        masks, iou, low_res = jax.device_get((masks, iou, low_res))
+        return masks[:n], iou[:n], low_res[:n]
 
 
 def _num_prompts(coords, labels, boxes, masks_in) -> int:

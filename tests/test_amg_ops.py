@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from torchvision.ops import nms as tv_nms
 
 from sam_jax.amg import crops, ops, regions, rle
-from sam_jax.modeling.sam import postprocess_matrices
+from sam_jax.modeling.sam import band, postprocess_matrices
 from sam_jax.transforms import preprocess_shape
 
 torch.set_num_threads(2)
@@ -101,8 +101,8 @@ def test_upscale_and_stability_match_reference(m, img_size, size):
     want = _reference_upscale(low, img_size, size)
     rows, cols = postprocess_matrices(m, img_size, preprocess_shape(*size, img_size), size)
     hb, wb = size[0] + 5, size[1] + 11  # a padded canvas
-    rs, rw = ops.band(rows, hb)
-    cs, cw = ops.band(cols, wb)
+    rs, rw = band(rows, hb)
+    cs, cw = band(cols, wb)
     up = ops.Upscale(rs, rw, cs, cw, np.array(size, np.int32))
     got = np.stack([np.asarray(ops.upscale(jnp.asarray(x), up)) for x in low])
     # The banded gather is the dense resize of `postprocess_matrices`; that one places source pixels
@@ -123,7 +123,7 @@ def test_upscale_and_stability_match_reference(m, img_size, size):
 
 def test_band_refuses_wide_rows():
     with pytest.raises(ValueError, match="wider than 3 taps"):
-        ops.band(np.ones((4, 8)), 4)
+        band(np.ones((4, 8)), 4)
 
 
 @pytest.mark.parametrize("kind", ["random", "empty", "full", "first_pixel"])

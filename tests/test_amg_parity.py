@@ -78,6 +78,16 @@ def assert_same_records(ours: list[dict], theirs: list[dict]) -> None:
 CASES = {
     "crop_layers": ("tiny", 0.4, "chelsea", dict(SPARSE, crop_n_layers=1, output_mode="coco_rle")),
     "small_regions": ("tiny", 0.4, "chelsea", dict(SPARSE, crop_n_layers=1, min_mask_region_area=20)),
+    # About a third of the masks pass: steps where none does skip upscaling, and failing masks
+    # skip their statistics.
+    "iou_filter": (
+        "tiny",
+        0.0,
+        "chelsea",
+        dict(SPARSE, pred_iou_thresh=0.75, stability_score_thresh=0.0, box_nms_thresh=0.99),
+    ),
+    # 100 points in steps of 48: two full steps and one of 4 (its own, smaller program).
+    "uneven_steps": ("tiny", 0.4, "chelsea", dict(SPARSE, points_per_side=10, points_per_batch=48)),
     "near_duplicates": (
         "tiny",
         0.0,
@@ -105,6 +115,14 @@ def test_tiny_matches_reference(case):
         assert len({tuple(r["crop_box"]) for r in got}) > 2  # masks from several crops survive
     if kwargs.get("output_mode", "binary_mask") == "binary_mask":
         assert all(r["segmentation"].shape == img.shape[:2] for r in got)
+
+
+def test_step_sizes():
+    generator = SamAutomaticMaskGenerator(fixture_model("tiny"), points_per_batch=48)
+    assert generator._step_sizes(96) == [48, 48]
+    assert generator._step_sizes(100) == [48, 48, 4]
+    assert generator._step_sizes(16) == [16]
+    assert generator._step_sizes(40) == [48]  # the next power of two would exceed a full step
 
 
 def test_output_modes_and_batch_agree():

@@ -82,13 +82,14 @@ def test_predict_images_equals_per_image(predictor):
 
 def test_points_within_a_bucket_reuse_the_compiled_program(predictor):
     rng = np.random.default_rng(0)
+    decode = inference.decoder(predictor.graphdef).decode  # the predictor's compiled decode
     predictor.predict(rng.uniform(0, 300, (3, 2)), np.ones(3))  # warm: 3 points + pad = 4 slots
-    before = inference.decode._cache_size()
+    before = decode._cache_size()
     for n in (3, 2, 3):  # 3..4 tokens -> bucket 4
         predictor.predict(rng.uniform(0, 300, (n, 2)), rng.integers(0, 2, n))
-    assert inference.decode._cache_size() == before
+    assert decode._cache_size() == before
     predictor.predict(rng.uniform(0, 300, (6, 2)), np.ones(6))  # 7 tokens -> bucket 8: one new program
-    assert inference.decode._cache_size() == before + 1
+    assert decode._cache_size() == before + 1
 
 
 def test_image_formats(predictor):

@@ -19,8 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -35,7 +34,7 @@ from sam_jax.amg.crops import build_all_layer_point_grids, generate_crop_boxes
 from sam_jax.amg.regions import clean_mask
 from sam_jax.amg.rle import area_from_rle, coco_encode_rle, mask_to_rle, paste
 from sam_jax.images import as_rgb_uint8
-from sam_jax.modeling.sam import Sam, postprocess_matrices
+from sam_jax.modeling.sam import Sam, band, postprocess_matrices
 from sam_jax.sharding import DATA_AXIS, batch_sharding, data_mesh, replicated
 from sam_jax.transforms import apply_coords, preprocess_shape, resize_image
 
@@ -65,8 +64,10 @@ def _per_device_map(mesh: Mesh, fn, xs: jax.Array, *shared):
 def score_points(
     graphdef: inference.GraphDef,
     mesh: Mesh,
+    prompt_chunk: int | None,
     params: inference.Params,
     embedding: Float[Array, "g g D"],
+    image_pe: Float[Array, "g g D"],
     template: inference.Prompts,
     points: Float[Array, "S 2"],
     valid: Bool[Array, " S"],
@@ -84,15 +85,25 @@ def score_points(
     Called through :func:`jitted_score_points`.
     """
     prompts = template._replace(coords=template.coords.at[:, 0].set(points))
-    low, iou = inference.decode(graphdef, params, embedding, prompts, True)
+    # Masks that fail the predicted-IoU filter are never used: the decoder skips upscaling where a
+    # whole step of prompts fails it, and the statistics below skip each failing mask.
+    iou_floor = jnp.where(thr.use_pred_iou, thr.pred_iou, -jnp.inf)
+    low, iou = inference.decode(graphdef, params, embedding, prompts, True, image_pe, prompt_chunk, iou_floor)
     c = low.shape[1]
     low = low.reshape(-1, *low.shape[2:])
     iou = iou.reshape(-1)
-    stats = _per_device_map(mesh, lambda x, u, t: ops.mask_stats(ops.upscale(x, u), ops.inside(u), t), low, up, thr)
+    keep = jnp.repeat(valid, c) & (iou > iou_floor)
+
+    def mask_stats(x_needed: tuple[jax.Array, jax.Array], u: ops.Upscale, t: ops.Thresholds) -> ops.MaskStats:
+        x, needed = x_needed
+        compute = lambda x: ops.mask_stats(ops.upscale(x, u), ops.inside(u), t)
+        # zeros_like(x, ...) keeps x's type under shard_map (varying over the mesh), as cond needs.
+        skip = lambda x: jax.tree.map(lambda a: jnp.zeros_like(x, a.dtype, a.shape), jax.eval_shape(compute, x))
+        return jax.lax.cond(needed, compute, skip, x)
+
+    stats = _per_device_map(mesh, mask_stats, (low, keep), up, thr)
     stability = ops.stability_score(stats.high, stats.low)
     boxes = ops.boxes_from_occupancy(stats.rows, stats.cols)
-    keep = jnp.repeat(valid, c)
-    keep &= ~thr.use_pred_iou | (iou > thr.pred_iou)
     keep &= ~thr.use_stability | (stability >= thr.stability)
     keep &= ~ops.near_crop_edge(boxes, crop_box, image_size)
     cands = Candidates(iou, stability, boxes, keep)
@@ -100,11 +111,12 @@ def score_points(
 
 
 @functools.lru_cache(maxsize=8)
-def jitted_score_points(graphdef: inference.GraphDef, mesh: Mesh):
-    """:func:`score_points` jitted with ``graphdef`` and ``mesh`` bound, one per model and mesh so
-    generators share compiled programs (a static graphdef would be re-hashed on every call, which
-    costs milliseconds)."""
-    return jax.jit(functools.partial(score_points, graphdef, mesh))
+def jitted_score_points(graphdef: inference.GraphDef, mesh: Mesh, prompt_chunk: int | None):
+    """:func:`score_points` jitted with ``graphdef``, ``mesh`` and ``prompt_chunk`` (see
+    :func:`sam_jax.inference.prompt_chunk`) bound, one per model, mesh and batch so generators
+    share compiled programs (a static graphdef would be re-hashed on every call, which costs
+    milliseconds)."""
+    return jax.jit(functools.partial(score_points, graphdef, mesh, prompt_chunk))
 
 
 @jax.jit
@@ -138,12 +150,15 @@ def render_masks(
 
 @jax.jit
 def gather_rows(parts: tuple[Float[Array, "n m m"], ...], idx: Int[Array, " K"]) -> Float[Array, "K m m"]:
-    """Rows ``idx`` of the concatenation of ``parts`` (equal lengths), without concatenating them."""
-    n = parts[0].shape[0]
+    """Rows ``idx`` of the concatenation of ``parts``, without concatenating them."""
     out = jnp.zeros((idx.shape[0], *parts[0].shape[1:]), parts[0].dtype)
-    for s, part in enumerate(parts):
-        rows = jnp.take(part, jnp.clip(idx - s * n, 0, n - 1), axis=0)
-        out = jnp.where((idx // n == s)[:, None, None], rows, out)
+    start = 0
+    for part in parts:
+        n = part.shape[0]
+        local = idx - start
+        rows = jnp.take(part, jnp.clip(local, 0, n - 1), axis=0)
+        out = jnp.where(((local >= 0) & (local < n))[:, None, None], rows, out)
+        start += n
     return out
 
 
@@ -240,8 +255,8 @@ class SamAutomaticMaskGenerator:
         self._replicated = replicated(self.mesh)
         graphdef, params = inference.split(model)
         self._graphdef = graphdef
-        self._score_points = jitted_score_points(graphdef, self.mesh)
         self._params = jax.device_put(params, self._replicated)
+        self._image_pe = inference.dense_pe(graphdef, self._params)
         cfg = model.config
         self._img_size = cfg.img_size
         self._low_res = cfg.prompt_encoder.mask_input_size
@@ -249,19 +264,28 @@ class SamAutomaticMaskGenerator:
             cfg.mask_threshold, pred_iou_thresh, stability_score_thresh, stability_score_offset
         )
         self._step = self.mesh.size * points_per_batch
+        self._platform = self.mesh.devices.flat[0].platform
         self._upscales: dict[tuple[int, int], ops.Upscale] = {}
-        ones = np.ones((self._step, 1), np.int32)
-        self._template = jax.device_put(
-            inference.make_prompts(
-                np.zeros((self._step, 1, 2), np.float32),
-                ones,
-                None,
-                None,
-                num_prompts=self._step,
-                mask_size=self._low_res,
-            ),
-            self._data,
-        )
+        self._templates: dict[int, inference.Prompts] = {}
+
+    def _step_sizes(self, n: int) -> list[int]:
+        """Points per step for ``n`` points: full steps, then the rest padded to a power of two
+        (and a multiple of the devices), so a short grid is not decoded as a full batch."""
+        sizes = [self._step] * (n // self._step)
+        rest = n - sum(sizes)
+        if rest or not sizes:
+            d = self.mesh.size
+            sizes.append(min(self._step, -(-_pow2_at_least(rest, 1) // d) * d))
+        return sizes
+
+    def _scorer(self, size: int):
+        """The jitted :func:`score_points` and the prompt template for steps of ``size`` points."""
+        if size not in self._templates:
+            coords, labels = np.zeros((size, 1, 2), np.float32), np.ones((size, 1), np.int32)
+            prompts = inference.make_prompts(coords, labels, None, None, num_prompts=size, mask_size=self._low_res)
+            self._templates[size] = jax.device_put(inference.drop_absent(prompts), self._data)
+        chunk = inference.prompt_chunk(size, self.mesh.size, self._platform)
+        return jitted_score_points(self._graphdef, self.mesh, chunk), self._templates[size]
 
     # ----------------------------------------------------------------------------------- public
 
@@ -330,8 +354,8 @@ class SamAutomaticMaskGenerator:
         input_size = preprocess_shape(h, w, self._img_size)
         rows, cols = postprocess_matrices(self._low_res, self._img_size, input_size, (h, w))
         hb, wb = _bucket(h, CANVAS_MULTIPLE), _bucket(w, CANVAS_MULTIPLE)
-        rs, rw = ops.band(rows, hb)
-        cs, cw = ops.band(cols, wb)
+        rs, rw = band(rows, hb)
+        cs, cw = band(cols, wb)
         return jax.device_put(ops.Upscale(rs, rw, cs, cw, np.array([h, w], np.int32)), self._replicated)
 
     def _score_crop(self, crop: _Crop, embedding: jax.Array, image_size: tuple[int, int]) -> None:
@@ -339,18 +363,20 @@ class SamAutomaticMaskGenerator:
         h, w = crop.box[3] - crop.box[1], crop.box[2] - crop.box[0]
         model_points = apply_coords(crop.points, (h, w), self._img_size)
         n = len(model_points)
-        steps = max(1, math.ceil(n / self._step))
-        padded = np.zeros((steps * self._step, 2), np.float32)
+        sizes = self._step_sizes(n)
+        padded = np.zeros((sum(sizes), 2), np.float32)
         padded[:n] = model_points
-        valid = np.arange(steps * self._step) < n
+        valid = np.arange(sum(sizes)) < n
         box, size = np.asarray(crop.box, np.int32), np.asarray(image_size, np.int32)
         lows, cands = [], []
-        for i in range(steps):
-            sl = slice(i * self._step, (i + 1) * self._step)
-            low, cand = self._score_points(
+        for start, step in zip(np.cumsum([0, *sizes[:-1]]), sizes, strict=True):
+            score, template = self._scorer(step)
+            sl = slice(start, start + step)
+            low, cand = score(
                 self._params,
                 embedding,
-                self._template,
+                self._image_pe,
+                template,
                 jax.device_put(padded[sl], self._data),
                 jax.device_put(valid[sl], self._data),
                 crop.up,
@@ -419,18 +445,25 @@ class SamAutomaticMaskGenerator:
     # -------------------------------------------------------------------------------- host side
 
     def _finalize(self, pending: _Pending) -> list[dict[str, Any]]:
-        """Fetch the rendered masks, remove small regions, encode and build the records."""
+        """Fetch the rendered masks, remove small regions, encode and build the records.
+
+        Masks are unpacked one at a time (an RLE output mode never holds more than one
+        full-size mask), and small-region removal keeps its cleaned masks bit-packed.
+        """
         h, w = pending.size
-        host = [None if p is None else np.unpackbits(np.asarray(p), axis=-1) for p in pending.packed]
-        masks, boxes, meta = [], [], []
-        for c, j, r in pending.picks:
+        packed = [None if p is None else np.asarray(p) for p in pending.packed]
+
+        def unpack(c: int, r: int) -> np.ndarray:
             crop = pending.crops[c]
             ch, cw = crop.box[3] - crop.box[1], crop.box[2] - crop.box[0]
-            masks.append(paste(host[c][r, :ch, :cw].astype(bool), crop.box, (h, w)))
-            boxes.append(crop.boxes[j])
-            meta.append((crop, j))
-        if self.min_mask_region_area > 0 and masks:
-            masks, boxes, meta = self._postprocess_small_regions(masks, boxes, meta)
+            bits = np.unpackbits(packed[c][r, :ch], axis=-1, count=cw)  # 0/1 bytes, C-contiguous
+            return paste(bits.view(bool), crop.box, (h, w))
+
+        masks = (unpack(c, r) for c, _, r in pending.picks)
+        boxes = [pending.crops[c].boxes[j] for c, j, _ in pending.picks]
+        meta = [(pending.crops[c], j) for c, j, _ in pending.picks]
+        if self.min_mask_region_area > 0 and meta:
+            masks, boxes, meta = self._postprocess_small_regions(masks, boxes, meta, (h, w))
         records = []
         for mask, box, (crop, j) in zip(masks, boxes, meta, strict=True):
             rle = mask_to_rle(mask)
@@ -455,29 +488,29 @@ class SamAutomaticMaskGenerator:
         return records
 
     def _postprocess_small_regions(
-        self, masks: list[np.ndarray], boxes: list[np.ndarray], meta: list
-    ) -> tuple[list[np.ndarray], list[np.ndarray], list]:
+        self, masks: Iterator[np.ndarray], boxes: list[np.ndarray], meta: list, size: tuple[int, int]
+    ) -> tuple[Iterator[np.ndarray], list[np.ndarray], list]:
         """The reference's ``postprocess_small_regions``: clean every mask, then NMS preferring
         unchanged masks; cleaned masks that survive get their new box."""
-        cleaned = [clean_mask(m, self.min_mask_region_area) for m in masks]
-        n = _pow2_at_least(len(masks), 1)
-        rows = np.zeros((n, masks[0].shape[0]), bool)
-        cols = np.zeros((n, masks[0].shape[1]), bool)
-        for i, (m, _) in enumerate(cleaned):
-            rows[i], cols[i] = m.any(1), m.any(0)
+        n = _pow2_at_least(len(boxes), 1)
+        rows = np.zeros((n, size[0]), bool)
+        cols = np.zeros((n, size[1]), bool)
+        cleaned, changed = [], []
+        for i, mask in enumerate(masks):
+            mask, was_changed = clean_mask(mask, self.min_mask_region_area)
+            rows[i], cols[i] = mask.any(1), mask.any(0)
+            cleaned.append(np.packbits(mask, axis=-1))
+            changed.append(was_changed)
         new_boxes = np.asarray(_boxes_from_occupancy(rows, cols))
         keys = np.zeros((1, n), np.float32)
-        keys[0, : len(masks)] = [-float(not changed) for _, changed in cleaned]
+        keys[0, : len(boxes)] = [-float(not c) for c in changed]
         thresh = ops.iou_threshold_f32(max(self.box_nms_thresh, self.crop_nms_thresh))
-        keep, order = ranked_nms(new_boxes, keys, np.arange(n) < len(masks), thresh)
+        keep, order = ranked_nms(new_boxes, keys, np.arange(n) < len(boxes), thresh)
         keep, order = np.asarray(keep), np.asarray(order)
-        out_masks, out_boxes, out_meta = [], [], []
-        for i in order[keep[order]]:
-            mask, changed = cleaned[i]
-            out_masks.append(mask)
-            out_boxes.append(new_boxes[i] if changed else boxes[i])
-            out_meta.append(meta[i])
-        return out_masks, out_boxes, out_meta
+        kept = order[keep[order]]
+        out_masks = (np.unpackbits(cleaned[i], axis=-1, count=size[1]).view(bool) for i in kept)
+        out_boxes = [new_boxes[i] if changed[i] else boxes[i] for i in kept]
+        return out_masks, out_boxes, [meta[i] for i in kept]
 
 
 def _xywh(box: Sequence[int] | np.ndarray) -> list[int]:

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from sam_jax.modeling.sam import banded_resize
+
 # The reference's `is_box_near_crop_edge` tolerance, in pixels.
 CROP_EDGE_ATOL = 20.0
 
@@ -34,43 +36,14 @@ class Upscale(NamedTuple):
     size: Int[Array, " 2"]
 
 
-def band(matrix: np.ndarray, rows: int, width: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """``(n, m)`` interpolation matrix -> ``(rows,)`` start indices and ``(rows, width)`` weights.
-
-    The reference's resize chain (bilinear up to the model size, crop, bilinear to the output size)
-    composes into a matrix with at most three consecutive non-zeros per row, so a 3-tap gather
-    replaces an ``m``-long dot product (``m / 3`` times fewer flops). Rows past ``n`` are padding.
-    """
-    n, m = matrix.shape
-    if rows < n or width > m:
-        raise ValueError(f"band of a {matrix.shape} matrix needs rows >= {n} and width <= {m}, got {rows}, {width}")
-    nonzero = matrix != 0
-    first = np.where(nonzero.any(1), nonzero.argmax(1), 0)
-    start = np.minimum(first, m - width).astype(np.int32)
-    cols = start[:, None] + np.arange(width)[None]
-    if not np.array_equal(np.take_along_axis(nonzero, cols, axis=1).sum(1), nonzero.sum(1)):
-        raise ValueError(f"interpolation matrix has rows wider than {width} taps")
-    weights = np.take_along_axis(matrix, cols, axis=1)
-    pad = rows - n
-    return np.pad(start, (0, pad)), np.pad(weights.astype(np.float32), ((0, pad), (0, 0)))
-
-
 def upscale(low_res: Float[Array, "m m"], up: Upscale) -> Float[Array, "Hb Wb"]:
     """One mask's logits on the output canvas: the reference's ``postprocess_masks`` (bilinear,
-    ``align_corners=False``, no antialias) as two banded passes, columns first.
+    ``align_corners=False``, no antialias) as :func:`~sam_jax.modeling.sam.banded_resize`.
 
     Deliberately per mask with row gathers only: batched gathers get transposed layouts on
     XLA:CPU that make the reductions of :func:`mask_stats` several times slower.
     """
-
-    def rows(x: jax.Array, start: jax.Array, weights: jax.Array) -> jax.Array:
-        out = x[start] * weights[:, :1]
-        for k in range(1, weights.shape[1]):
-            out = out + x[start + k] * weights[:, k : k + 1]
-        return out
-
-    x = rows(low_res.T, up.col_start, up.col_weights).T
-    return rows(x, up.row_start, up.row_weights)
+    return banded_resize(low_res, up.row_start, up.row_weights, up.col_start, up.col_weights)
 
 
 def inside(up: Upscale) -> Bool[Array, "Hb Wb"]:

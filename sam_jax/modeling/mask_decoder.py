@@ -8,7 +8,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float
 
 from sam_jax.config import MaskDecoderConfig
-from sam_jax.modeling.common import MLP, gelu, layer_norm, sequential
+from sam_jax.modeling.common import MLP, gelu, layer_norm
 from sam_jax.modeling.transformer import TwoWayTransformer
 
 
@@ -35,6 +35,15 @@ class MaskDecoder(nnx.Module):
         self.output_hypernetworks_mlps = nnx.List([MLP(d, d, d // 8, 3, rngs=rngs) for _ in range(cfg.num_mask_tokens)])
         self.iou_prediction_head = MLP(d, cfg.iou_head_hidden_dim, cfg.num_mask_tokens, cfg.iou_head_depth, rngs=rngs)
 
+    def _upscale_blocks(self, x: Float[Array, "P h w C"]) -> Float[Array, "P h w 2 2 2 2 c"]:
+        """``output_upscaling`` with each output pixel ``(4i + 2a + a', 4j + 2b + b')`` kept at
+        ``[i, j, a, b, a', b']``: a stride-2, 2x2 transposed convolution writes every output
+        pixel from exactly one input pixel, so it is one matmul per pixel, and the interleave is
+        left to the masks, which have fewer channels."""
+        up1, norm, act1, up2, act2 = self.output_upscaling
+        x = act1(norm(_sub_pixel_matmul(up1, x)))
+        return act2(_sub_pixel_matmul(up2, x))
+
     def __call__(
         self,
         image_embedding: Float[Array, "h w C"],
@@ -43,7 +52,24 @@ class MaskDecoder(nnx.Module):
         dense: Float[Array, "P h w C"],
         token_valid: Bool[Array, "P T"] | None = None,
     ) -> tuple[Float[Array, "P M 4h 4w"], Float[Array, "P M"]]:
-        """All ``M = num_mask_tokens`` masks and IoU predictions for ``P`` prompts of one image."""
+        """All ``M = num_mask_tokens`` masks and IoU predictions for ``P`` prompts of one image.
+
+        ``dense`` may have batch 1 (no mask prompt: the same dense embedding for every prompt).
+        """
+        tokens, image = self.attend(image_embedding, image_pe, sparse, dense, token_valid)
+        return self.predict_masks(tokens, image), self.predict_iou(tokens)
+
+    def attend(
+        self,
+        image_embedding: Float[Array, "h w C"],
+        image_pe: Float[Array, "h w C"],
+        sparse: Float[Array, "P T C"],
+        dense: Float[Array, "P h w C"],
+        token_valid: Bool[Array, "P T"] | None = None,
+    ) -> tuple[Float[Array, "P T2 C"], Float[Array, "P h w C"]]:
+        """The two-way transformer over output tokens + ``sparse``: the processed tokens and image.
+        :meth:`predict_iou` and :meth:`predict_masks` finish the job (split so that callers may
+        skip the masks)."""
         p = sparse.shape[0]
         output_tokens = jnp.concatenate([self.iou_token.embedding[...], self.mask_tokens.embedding[...]])
         tokens = jnp.concatenate([jnp.broadcast_to(output_tokens, (p, *output_tokens.shape)), sparse], axis=1)
@@ -51,12 +77,27 @@ class MaskDecoder(nnx.Module):
             token_valid = jnp.concatenate([jnp.ones((p, output_tokens.shape[0]), bool), token_valid], axis=1)
         src = image_embedding[None] + dense
         hs, src = self.transformer(src, image_pe[None], tokens, token_valid)
-        iou_token_out = hs[:, 0]
-        mask_tokens_out = hs[:, 1 : 1 + self.cfg.num_mask_tokens]
+        return hs, src.reshape(p, *image_embedding.shape)
 
-        upscaled = sequential(self.output_upscaling, src.reshape(dense.shape))  # (P, 4h, 4w, C/8)
+    def predict_iou(self, tokens: Float[Array, "P T2 C"]) -> Float[Array, "P M"]:
+        return self.iou_prediction_head(tokens[:, 0])
+
+    def predict_masks(
+        self, tokens: Float[Array, "P T2 C"], image: Float[Array, "P h w C"]
+    ) -> Float[Array, "P M 4h 4w"]:
+        p, h, w, _ = image.shape
+        mask_tokens_out = tokens[:, 1 : 1 + self.cfg.num_mask_tokens]
+        upscaled = self._upscale_blocks(image)
         hyper_in = jnp.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], axis=1
         )
-        masks = jnp.einsum("pmc,phwc->pmhw", hyper_in, upscaled)
-        return masks, self.iou_prediction_head(iou_token_out)
+        return jnp.einsum("pmc,pijabxyc->pmiaxjby", hyper_in, upscaled).reshape(p, -1, 4 * h, 4 * w)
+
+
+def _sub_pixel_matmul(conv: nnx.ConvTranspose, x: Float[Array, "... C"]) -> Float[Array, "... 2 2 O"]:
+    """A 2x2, stride-2 transposed convolution as a matmul: output pixel ``(2i + a, 2j + b)`` of
+    input pixel ``(i, j)`` lands at ``[..., a, b, :]``."""
+    if conv.kernel_size != (2, 2) or conv.strides != (2, 2):
+        raise ValueError(f"expected a 2x2 stride-2 ConvTranspose, got {conv.kernel_size} stride {conv.strides}")
+    kernel = conv.kernel[...][::-1, ::-1]  # stored flipped for lax (see convert/rules.py)
+    return jnp.einsum("...c,abco->...abo", x, kernel) + conv.bias[...]

@@ -104,17 +104,25 @@ class PromptEncoder(nnx.Module):
         coords: Float[Array, "P N 2"],
         labels: Int[Array, "P N"],
         point_valid: Bool[Array, "P N"],
-        boxes: Float[Array, "P 4"],
-        box_valid: Bool[Array, " P"],
-        masks: Float[Array, "P M M"],
-        mask_valid: Bool[Array, " P"],
-    ) -> tuple[Float[Array, "P T C"], Bool[Array, "P T"], Float[Array, "P h w C"]]:
+        boxes: Float[Array, "P 4"] | None,
+        box_valid: Bool[Array, " P"] | None,
+        masks: Float[Array, "P M M"] | None,
+        mask_valid: Bool[Array, " P"] | None,
+    ) -> tuple[Float[Array, "P T C"], Bool[Array, "P T"], Float[Array, "P h w C"] | Float[Array, "1 h w C"]]:
         """Returns sparse tokens ``(P, N + 2, C)`` (points then box corners), their validity, and
         the dense embedding ``(P, h, w, C)`` (the no-mask embedding where ``mask_valid`` is False).
+
+        ``boxes``/``box_valid`` None means no prompt has a box: no corner tokens (``T = N``).
+        ``masks``/``mask_valid`` None means no prompt has a mask: the dense embedding is the
+        no-mask embedding once, ``(1, h, w, C)``, as the reference's broadcast ``expand``.
         """
-        sparse = jnp.concatenate([self.embed_points(coords, labels), self.embed_boxes(boxes)], axis=1)
-        valid = jnp.concatenate([point_valid, jnp.repeat(box_valid[:, None], 2, axis=1)], axis=1)
+        sparse, valid = self.embed_points(coords, labels), point_valid
+        if boxes is not None:
+            sparse = jnp.concatenate([sparse, self.embed_boxes(boxes)], axis=1)
+            valid = jnp.concatenate([valid, jnp.repeat(box_valid[:, None], 2, axis=1)], axis=1)
         g = self.cfg.image_embedding_size
-        no_mask = jnp.broadcast_to(self.no_mask_embed.embedding[0], (masks.shape[0], g, g, self.cfg.embed_dim))
+        no_mask = jnp.broadcast_to(self.no_mask_embed.embedding[0], (1, g, g, self.cfg.embed_dim))
+        if masks is None:
+            return sparse, valid, no_mask
         dense = jnp.where(mask_valid[:, None, None, None], self.embed_masks(masks), no_mask)
         return sparse, valid, dense

@@ -71,3 +71,45 @@ def postprocess_masks(
     hp = jax.lax.Precision.HIGHEST
     x = jnp.einsum("...ij,wj->...iw", masks, cols, precision=hp)
     return jnp.einsum("hi,...iw->...hw", rows, x, precision=hp)
+
+
+def band(matrix: np.ndarray, rows: int, width: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, m)`` interpolation matrix -> ``(rows,)`` start indices and ``(rows, width)`` weights.
+
+    The reference's resize chain (bilinear up to the model size, crop, bilinear to the output size)
+    composes into a matrix with at most three consecutive non-zeros per row, so a 3-tap gather
+    replaces an ``m``-long dot product (``m / 3`` times fewer flops). Rows past ``n`` are padding.
+    """
+    n, m = matrix.shape
+    if rows < n or width > m:
+        raise ValueError(f"band of a {matrix.shape} matrix needs rows >= {n} and width <= {m}, got {rows}, {width}")
+    nonzero = matrix != 0
+    first = np.where(nonzero.any(1), nonzero.argmax(1), 0)
+    start = np.minimum(first, m - width).astype(np.int32)
+    cols = start[:, None] + np.arange(width)[None]
+    if not np.array_equal(np.take_along_axis(nonzero, cols, axis=1).sum(1), nonzero.sum(1)):
+        raise ValueError(f"interpolation matrix has rows wider than {width} taps")
+    weights = np.take_along_axis(matrix, cols, axis=1)
+    pad = rows - n
+    return np.pad(start, (0, pad)), np.pad(weights.astype(np.float32), ((0, pad), (0, 0)))
+
+
+def banded_resize(
+    x: Float[Array, "m m"],
+    row_start: Int[Array, " H"],
+    row_weights: Float[Array, "H K"],
+    col_start: Int[Array, " W"],
+    col_weights: Float[Array, "W K"],
+) -> Float[Array, "H W"]:
+    """:func:`postprocess_masks` for one mask with :func:`band`-ed matrices: two ``K``-tap
+    gathers (columns first) instead of two ``m``-long dot products; the same sums without the
+    zero terms."""
+
+    def rows(x: jax.Array, start: jax.Array, weights: jax.Array) -> jax.Array:
+        out = x[start] * weights[:, :1]
+        for k in range(1, weights.shape[1]):
+            out = out + x[start + k] * weights[:, k : k + 1]
+        return out
+
+    x = rows(x.T, col_start, col_weights).T
+    return rows(x, row_start, row_weights)
