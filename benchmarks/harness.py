@@ -175,6 +175,46 @@ def amg_kwargs(setting: str, quick: bool) -> dict[str, Any]:
     }
 
 
+def time_decoder_and_amg(
+    out: dict[str, Any],
+    arrays: dict[str, Any],
+    args: Any,
+    predict_point: Callable[[], tuple],
+    predict_boxes: Callable[[], tuple],
+    make_generator: Callable[[dict[str, Any]], Any],
+    image: Any,
+    *,
+    amg_warmup: int,
+) -> None:
+    """The decoder and AMG sections, identical on both sides: time the 1-point call and the box
+    batch, keep their outputs in ``arrays``, then (unless ``amg`` is in ``args.skip``) time
+    ``make_generator(settings).generate(image)`` for every :data:`AMG_SETTINGS` entry, keeping the
+    records of the last timed run (no extra untimed run)."""
+    import numpy as np
+
+    with peak_rss(out["memory"], "peak_decoder"):
+        out["timings"]["decoder_call"] = timed(predict_point, repeats=max(args.repeats, 10))
+        out["timings"]["decoder_batch"] = timed(predict_boxes, repeats=args.repeats)
+    masks, iou, low = predict_point()
+    arrays.update(point_masks=masks, point_iou=iou, point_low=low)
+    masks, iou, _ = predict_boxes()
+    arrays.update(box_masks=masks, box_iou=iou)
+    if "amg" in args.skip.split(","):
+        return
+    for setting in AMG_SETTINGS:
+        generator = make_generator(amg_kwargs(setting, args.quick))
+        last: dict[str, Any] = {}
+
+        def generate(g=generator, last=last) -> None:
+            last["records"] = g.generate(image)
+
+        with peak_rss(out["memory"], "peak_" + setting):
+            out["timings"][setting] = timed(generate, repeats=args.repeats, warmup=amg_warmup)
+        records = last["records"]
+        out[setting + "_masks"] = len(records)
+        arrays[setting + "_areas"] = np.sort([r["area"] for r in records]).astype(np.int64)
+
+
 # --- FLOPs --------------------------------------------------------------------------------------
 
 

@@ -79,27 +79,17 @@ def main() -> None:
     def predict_boxes():
         return predictor.predict_batch(boxes=p["boxes"], multimask_output=False)
 
-    with harness.peak_rss(out["memory"], "peak_decoder"):
-        out["timings"]["decoder_call"] = harness.timed(predict_point, repeats=max(args.repeats, 10))
-        out["timings"]["decoder_batch"] = harness.timed(predict_boxes, repeats=args.repeats)
-    masks, iou, low = predict_point()
-    arrays.update(point_masks=masks, point_iou=iou, point_low=low)
-    masks, iou, low = predict_boxes()
-    arrays.update(box_masks=masks, box_iou=iou)
-
-    if "amg" not in args.skip.split(","):
-        for setting in harness.AMG_SETTINGS:
-            generator = SamAutomaticMaskGenerator(model, **harness.amg_kwargs(setting, args.quick))
-            last: dict = {}  # the records of the last timed run (no extra untimed run)
-
-            def generate(g=generator, last=last) -> None:
-                last["records"] = g.generate(image)
-
-            with harness.peak_rss(out["memory"], "peak_" + setting):
-                out["timings"][setting] = harness.timed(generate, repeats=args.repeats)
-            records = last["records"]
-            out[setting + "_masks"] = len(records)
-            arrays[setting + "_areas"] = np.sort([r["area"] for r in records]).astype(np.int64)
+    # AMG: one untimed warm-up per setting (it compiles).
+    harness.time_decoder_and_amg(
+        out,
+        arrays,
+        args,
+        predict_point,
+        predict_boxes,
+        lambda settings: SamAutomaticMaskGenerator(model, **settings),
+        image,
+        amg_warmup=1,
+    )
 
     # Achieved FLOP/s of the encoder against this machine's own fp32 (or --dtype) matmul rate.
     s = cfg.img_size

@@ -91,29 +91,18 @@ def main() -> None:
         masks, iou, low = predictor.predict_torch(None, None, boxes=boxes, multimask_output=False)
         return masks.cpu().numpy(), iou.cpu().numpy(), low.cpu().numpy()
 
-    with harness.peak_rss(out["memory"], "peak_decoder"):
-        out["timings"]["decoder_call"] = harness.timed(predict_point, repeats=max(args.repeats, 10))
-        out["timings"]["decoder_batch"] = harness.timed(predict_boxes, repeats=args.repeats)
-    masks, iou, low = predict_point()
-    arrays.update(point_masks=masks, point_iou=iou, point_low=low)
-    masks, iou, low = predict_boxes()
-    arrays.update(box_masks=masks, box_iou=iou)
-
-    if "amg" not in args.skip.split(","):
-        for setting in harness.AMG_SETTINGS:
-            generator = SamAutomaticMaskGenerator(sam, **harness.amg_kwargs(setting, args.quick))
-            last: dict = {}  # the records of the last timed run (no extra untimed run)
-
-            def generate(g=generator, last=last) -> None:
-                last["records"] = g.generate(image)
-
-            with harness.peak_rss(out["memory"], "peak_" + setting):
-                # No warm-up run: torch compiles nothing, and this process has already run the
-                # same model (encoder and decoder) many times above.
-                out["timings"][setting] = harness.timed(generate, repeats=args.repeats, warmup=0)
-            records = last["records"]
-            out[setting + "_masks"] = len(records)
-            arrays[setting + "_areas"] = np.sort([r["area"] for r in records]).astype(np.int64)
+    # AMG: no warm-up run: torch compiles nothing, and this process has already run the same
+    # model (encoder and decoder) many times above.
+    harness.time_decoder_and_amg(
+        out,
+        arrays,
+        args,
+        predict_point,
+        predict_boxes,
+        lambda settings: SamAutomaticMaskGenerator(sam, **settings),
+        image,
+        amg_warmup=0,
+    )
 
     a = torch.randn(4096, 4096, device=device)
     b = torch.randn(4096, 4096, device=device)
