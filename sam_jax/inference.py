@@ -16,9 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int
 
 from sam_jax.modeling.sam import Sam, band, banded_resize, postprocess_masks, postprocess_matrices, preprocess
+from sam_jax.sharding import DATA_AXIS
 
 GraphDef = nnx.GraphDef
 Params = nnx.State
@@ -173,16 +175,25 @@ def _decode_all(
     image_pe: jax.Array,
     outputs: slice,
     iou_floor: jax.Array | None,
+    skip_mesh: Mesh | None,
 ):
     sparse, valid, dense = model.prompt_encoder(*prompts)
     tokens, image = model.mask_decoder.attend(embedding, image_pe, sparse, dense, valid)
     iou = model.mask_decoder.predict_iou(tokens)[:, outputs]
-    masks = lambda: model.mask_decoder.predict_masks(tokens, image)[:, outputs]
+    masks = lambda t, im: model.mask_decoder.predict_masks(t, im)[:, outputs]
     if iou_floor is None:
-        return masks(), iou
-    # Upscaling is half the work; skip it when no mask of these prompts can pass the IoU filter.
-    empty = lambda: jnp.zeros(jax.eval_shape(masks).shape, jnp.float32)
-    return jax.lax.cond(jnp.any(iou > iou_floor), masks, empty), iou
+        return masks(tokens, image), iou
+    # Upscaling is half the work; skip it for prompts none of whose masks can pass the IoU filter.
+    needed = jnp.any(iou > iou_floor, axis=1)
+    # zeros_like keeps the image's type under shard_map (varying over the mesh), as cond needs.
+    empty = lambda t, im: jnp.zeros_like(im, jnp.float32, jax.eval_shape(masks, t, im).shape)
+    if skip_mesh is None:  # one decision for the whole batch
+        return jax.lax.cond(jnp.any(needed), masks, empty, tokens, image), iou
+    # One decision per prompt: each device upscales its own prompts one at a time.
+    one = lambda x: jax.lax.cond(x[2], masks, empty, x[0][None], x[1][None])[0]
+    per_device = lambda t, im, nd: jax.lax.map(one, (t, im, nd))
+    spec = PartitionSpec(DATA_AXIS)
+    return jax.shard_map(per_device, mesh=skip_mesh, in_specs=spec, out_specs=spec)(tokens, image, needed), iou
 
 
 def _decode(
@@ -193,6 +204,7 @@ def _decode(
     image_pe: jax.Array | None = None,
     chunk: int | None = None,
     iou_floor: jax.Array | None = None,
+    skip_mesh: Mesh | None = None,
 ):
     if image_pe is None:
         image_pe = model.prompt_encoder.get_dense_pe()
@@ -200,7 +212,7 @@ def _decode(
     outputs = slice(1, None) if multimask_output else slice(0, 1)
     p = prompts.coords.shape[0]
     if chunk is None or chunk >= p:
-        return _decode_all(model, embedding, prompts, image_pe, outputs, iou_floor)
+        return _decode_all(model, embedding, prompts, image_pe, outputs, iou_floor, skip_mesh)
     if p % chunk:
         raise ValueError(f"prompt_chunk={chunk} must divide the number of prompts ({p})")
     # Step i decodes prompts i, i + p/chunk, ...: a prompt axis split in contiguous blocks over
@@ -209,7 +221,7 @@ def _decode(
     steps = p // chunk
     split = lambda x: x.reshape(chunk, steps, *x.shape[1:]).swapaxes(0, 1)
     merge = lambda x: x.swapaxes(0, 1).reshape(p, *x.shape[2:])
-    step = lambda pr: _decode_all(model, embedding, pr, image_pe, outputs, iou_floor)
+    step = lambda pr: _decode_all(model, embedding, pr, image_pe, outputs, iou_floor, skip_mesh)
     return jax.tree.map(merge, jax.lax.map(step, jax.tree.map(split, prompts)))
 
 
@@ -222,6 +234,7 @@ def _decode_graph(
     image_pe: Float[Array, "g g D"] | None = None,
     prompt_chunk: int | None = None,
     iou_floor: Float[Array, ""] | None = None,
+    skip_mesh: Mesh | None = None,
 ) -> tuple[Float[Array, "P C m m"], Float[Array, "P C"]]:
     """Low-res mask logits ``(P, C, 4g, 4g)`` and IoU predictions ``(P, C)`` for ``P`` prompts of
     one image (``C`` = 3 with ``multimask_output``, else 1).
@@ -230,9 +243,12 @@ def _decode_graph(
     ``P``): decode that many prompts at a time (see :func:`prompt_chunk`); the result is the same.
     ``iou_floor``: masks are needed only where their IoU prediction exceeds it (a filter that
     follows); the logits of a step's prompts none of whose predictions do are left at zero.
+    ``skip_mesh`` (static; the mesh the prompt axis is split over): decide that per prompt, each
+    device upscaling its prompts one at a time (for CPUs: a batch of upscalings gains nothing
+    there), instead of once per step.
     """
     model = nnx.merge(graphdef, params)
-    return _decode(model, embedding, prompts, multimask_output, image_pe, prompt_chunk, iou_floor)
+    return _decode(model, embedding, prompts, multimask_output, image_pe, prompt_chunk, iou_floor, skip_mesh)
 
 
 def _decode_batch_graph(
@@ -251,7 +267,7 @@ def _decode_batch_graph(
     return jax.vmap(fn)(embeddings, prompts)
 
 
-decode = jax.jit(_decode_graph, static_argnums=(0, 4, 6))
+decode = jax.jit(_decode_graph, static_argnums=(0, 4, 6, 8))
 decode_batch = jax.jit(_decode_batch_graph, static_argnums=(0, 4, 6))
 
 
@@ -268,7 +284,7 @@ def decoder(graphdef: GraphDef) -> Decoder:
     not hash the graph (milliseconds for vit_b); ``multimask_output`` stays static. Cached per
     graph, so predictors and generators of one model share compiled programs."""
     return Decoder(
-        jax.jit(functools.partial(_decode_graph, graphdef), static_argnums=(3, 5)),
+        jax.jit(functools.partial(_decode_graph, graphdef), static_argnums=(3, 5, 7)),
         jax.jit(functools.partial(_decode_batch_graph, graphdef), static_argnums=(3, 5)),
     )
 

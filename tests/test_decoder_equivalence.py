@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sam_jax import inference
+from sam_jax import inference, sharding
 from sam_jax.config import MaskDecoderConfig
 from sam_jax.modeling.common import sequential
 from sam_jax.modeling.mask_decoder import MaskDecoder
@@ -127,3 +127,30 @@ def test_banded_postprocess_matches_dense_resize():
     assert max_abs(got, want) <= 1e-5
     masks = inference.postprocess(low, resize, np.float32(0.0), False)
     assert masks.dtype == bool and np.array_equal(masks, np.asarray(got) > 0)
+
+
+@pytest.mark.parametrize("per_prompt", [False, True])
+def test_masks_skipped_below_the_iou_floor(tiny_model, per_prompt):
+    # AMG passes the predicted-IoU threshold: prompts none of whose masks pass it get zero logits
+    # (per prompt with a mesh, per step without); every other prompt's logits are unchanged.
+    graphdef, params = inference.split(tiny_model)
+    pcfg = tiny_model.config.prompt_encoder
+    g = pcfg.image_embedding_size
+    embedding = normal(0, (g, g, pcfg.embed_dim))
+    coords = np.random.default_rng(2).uniform(0, pcfg.input_image_size, (8, 1, 2)).astype(np.float32)
+    prompts = inference.drop_absent(
+        inference.make_prompts(coords, np.ones((8, 1)), None, None, num_prompts=8, mask_size=pcfg.mask_input_size)
+    )
+    pe = inference.dense_pe(graphdef, params)
+    want, iou = inference.decode(graphdef, params, embedding, prompts, True, pe, 2)
+    floor = jnp.float32(np.median(np.asarray(iou).max(1)))  # about half the prompts pass
+    mesh = sharding.data_mesh() if per_prompt else None
+    got, got_iou = inference.decode(graphdef, params, embedding, prompts, True, pe, 2, floor, mesh)
+    assert max_abs(got_iou, iou) <= 1e-6
+    needed = np.asarray(iou > floor).any(1)
+    assert 0 < needed.sum() < 8
+    assert max_abs(np.asarray(got)[needed], np.asarray(want)[needed]) <= 1e-5
+    steps = needed.reshape(2, 4).any(0)[np.arange(8) % 4]  # step i decodes prompts i and i + 4
+    zeroed = ~needed if per_prompt else ~steps
+    assert np.all(np.asarray(got)[zeroed] == 0)
+    assert per_prompt or np.all(np.abs(np.asarray(got)[steps]).max((1, 2, 3)) > 0)

@@ -85,10 +85,14 @@ def score_points(
     Called through :func:`jitted_score_points`.
     """
     prompts = template._replace(coords=template.coords.at[:, 0].set(points))
-    # Masks that fail the predicted-IoU filter are never used: the decoder skips upscaling where a
-    # whole step of prompts fails it, and the statistics below skip each failing mask.
+    # Masks that fail the predicted-IoU filter are never used: the decoder skips upscaling for
+    # prompts all of whose masks fail it (per prompt on CPU, per step elsewhere), and the
+    # statistics below skip each failing mask.
     iou_floor = jnp.where(thr.use_pred_iou, thr.pred_iou, -jnp.inf)
-    low, iou = inference.decode(graphdef, params, embedding, prompts, True, image_pe, prompt_chunk, iou_floor)
+    skip_mesh = mesh if mesh.devices.flat[0].platform == "cpu" else None
+    low, iou = inference.decode(
+        graphdef, params, embedding, prompts, True, image_pe, prompt_chunk, iou_floor, skip_mesh
+    )
     c = low.shape[1]
     low = low.reshape(-1, *low.shape[2:])
     iou = iou.reshape(-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import jax
@@ -10,8 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# torch.nn.GELU() is the exact erf form; jax.nn.gelu defaults to the tanh approximation.
-gelu = functools.partial(jax.nn.gelu, approximate=False)
+
+def gelu(x: jax.Array) -> jax.Array:
+    """``torch.nn.GELU()``: the exact form ``x/2 * (1 + erf(x/sqrt(2)))``, written as PyTorch
+    writes it. ``jax.nn.gelu`` defaults to the tanh approximation, and its exact form goes
+    through ``erfc``, which XLA:CPU evaluates about 2x slower than ``erf`` (same values to fp32
+    rounding; this form also matches PyTorch's rounding for large negative ``x``)."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * math.sqrt(0.5)))
 
 
 class Buffer(nnx.Variable):
