@@ -156,9 +156,10 @@ def prompts(image_hw: tuple[int, int]) -> dict[str, Any]:
 
 
 # The reference's own defaults, and settings that let every candidate through the quality filters
-# (the reference skips a filter whose threshold is 0): with random fixture weights (predicted IoUs
-# about +-0.05) the defaults keep nothing, so the second setting is the one that exercises NMS, RLE
-# and rendering as real weights would.
+# (the reference skips a filter whose threshold is 0). With the random fixture weights a few
+# candidates pass pred_iou_thresh (8% of them at 32 points per side on coffee) but none passes the
+# stability filter, so the defaults keep nothing; the second setting sends every candidate through
+# stability scoring and box NMS (its near-identical masks leave one survivor).
 AMG_SETTINGS = {
     "amg_default": {"pred_iou_thresh": 0.88, "stability_score_thresh": 0.95},
     "amg_pass_all": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},

@@ -45,12 +45,17 @@ TIME_ROWS = [
 BF16_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "TPU v5 lite": 197e12}
 
 
+# Workers whose JSON an earlier invocation left in --workdir (named in RESULTS.md).
+REUSED: list[str] = []
+
+
 def run_worker(script: str, args: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run one worker to completion (its output streamed), and return the JSON it wrote; a worker
     whose JSON is already in the work directory (an interrupted run) is not run again."""
     out = Path(args[args.index("--out") + 1])
     if out.is_file():
         print(f"# {out.name}: kept from an earlier run in this work directory", flush=True)
+        REUSED.append(out.name)
         return json.loads(out.read_text())
     cmd = [sys.executable, str(HERE / script), *args]
     print("$", " ".join(cmd[1:]), flush=True)
@@ -292,6 +297,11 @@ def render(results: dict, args: argparse.Namespace, started, load_before, load_a
             f" {'; '.join(tc['libraries'])}; oneDNN enabled: {tc['mkldnn_enabled']}; CPU capability"
             f" {tc['cpu_capability']}; torch threads {ref['threads']['torch.get_num_threads']}"
         )
+    if REUSED:
+        lines.append(
+            f"- kept from an earlier invocation in the work directory (measured then; the load averages below are"
+            f" this invocation's): {', '.join(REUSED)}"
+        )
     lines += [
         f"- threads: each side's process pinned to the same {args.threads} core(s) with sched_setaffinity (XLA:CPU"
         f" sizes its thread pool from the schedulable cores), torch.set_num_threads({args.threads}),"
@@ -329,9 +339,11 @@ def render(results: dict, args: argparse.Namespace, started, load_before, load_a
         " outputs to NumPy) against sam_jax's `predict_batch(boxes=...)`.",
         "- AMG: `SamAutomaticMaskGenerator(model, **settings).generate(photo)` on both sides with"
         f" `{harness.amg_kwargs('amg_default', args.quick)}` (the reference's defaults), and again with"
-        f" `{harness.AMG_SETTINGS['amg_pass_all']}`: the weights are random (predicted IoUs about +-0.05), so"
+        f" `{harness.AMG_SETTINGS['amg_pass_all']}`. The weights are random: a few candidates pass the"
+        " predicted-IoU threshold (8% at 32 points per side on coffee) but none the stability threshold, so"
         " the defaults keep nothing, while thresholds of 0 (which the reference treats as 'no filter') send"
-        " every candidate on to NMS, RLE and rendering, as real weights would. sam_jax gets one untimed"
+        " every candidate through stability scoring at full resolution and box NMS, which keeps one of their"
+        " near-identical masks. sam_jax gets one untimed"
         " warm-up per setting (it compiles); the reference gets none (it compiles nothing, and its process has"
         " already run the same encoder and decoder for the rows above), which saves minutes per run.",
         "- Peak RSS while running: each side's own process, high-water mark over the encoder, decoder and AMG"
