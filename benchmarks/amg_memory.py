@@ -70,9 +70,9 @@ def worker(side: str, model: str, size: tuple[int, int], pps: int, ppb: int, fil
         import contextlib
         import dataclasses
 
-        from convert import rules
         from sam_jax import build_sam, get_config
         from sam_jax.amg import SamAutomaticMaskGenerator
+        from sam_jax.convert import rules
 
         cfg = dataclasses.replace(get_config(model), mask_threshold=MASK_THRESHOLD)
         generator = SamAutomaticMaskGenerator(

@@ -33,9 +33,10 @@ def ours_parts(model: str) -> dict[str, Callable[[], object]]:
     import numpy as np
     from flax import nnx
 
-    from convert import rules
     from sam_jax import build_sam, get_config, inference
-    from sam_jax.modeling.common import sequential
+    from sam_jax.convert import rules
+    from sam_jax.models.layers import sequential
+    from sam_jax.ops.policy import ExecutionPolicy
 
     cfg = get_config(model)
     ec = cfg.image_encoder
@@ -48,8 +49,11 @@ def ours_parts(model: str) -> dict[str, Callable[[], object]]:
     win = next(i for i in range(ec.depth) if i not in ec.global_attn_indexes)
     glob = ec.global_attn_indexes[0]
     graphdef, params = inference.split(sam)
-    full = jax.jit(lambda p, im: nnx.merge(graphdef, p).image_encoder(im))
+    # The policy the drivers use on this platform (blocked loops on CPU).
+    policy = ExecutionPolicy.for_platform(jax.default_backend())
+    full = jax.jit(lambda p, im: nnx.merge(graphdef, p).image_encoder(im, policy))
     call = nnx.jit(lambda m, *a: m(*a))
+    with_policy = nnx.jit(lambda m, *a: m(*a, policy=policy))
 
     boxes = _boxes(rng, cfg.img_size)
     prompts = inference.make_prompts(
@@ -60,9 +64,7 @@ def ours_parts(model: str) -> dict[str, Callable[[], object]]:
     tokens = jnp.concatenate([jnp.zeros((len(boxes), 1 + dec.cfg.num_mask_tokens, sparse.shape[-1])), sparse], 1)
     src = jax.jit(lambda e, d: e[None] + d)(emb, dense)
     low = jnp.asarray(rng.standard_normal((len(boxes), 1, 256, 256), np.float32))
-    from sam_jax.modeling.sam import postprocess_matrices
-
-    rows, cols = postprocess_matrices(256, cfg.img_size, (683, 1024), (400, 600))
+    resize = inference.Resize.make(256, cfg.img_size, (400, 600))
 
     def run(fn, *args) -> Callable[[], object]:
         return lambda: jax.block_until_ready(fn(*args))
@@ -70,12 +72,14 @@ def ours_parts(model: str) -> dict[str, Callable[[], object]]:
     return {
         "encoder: whole": run(full, params, image),
         "encoder: patch embedding + pos": run(nnx.jit(lambda m, y: m.embed_patches(y)), enc, image),
-        "encoder: windowed block": run(call, enc.blocks[win], x),
-        "encoder: global block": run(call, enc.blocks[glob], x),
-        "encoder: windowed attention (incl. windowing)": run(nnx.jit(_window_branch), enc.blocks[win], x),
+        "encoder: windowed block": run(with_policy, enc.blocks[win], x),
+        "encoder: global block": run(with_policy, enc.blocks[glob], x),
+        "encoder: windowed attention (incl. windowing)": run(
+            nnx.jit(lambda b, y: _window_branch(b, y, policy)), enc.blocks[win], x
+        ),
         "encoder: windowed qkv linear": run(call, enc.blocks[win].attn.qkv, _pad_windows(x, ec.window_size)),
         "encoder: windowed proj linear": run(call, enc.blocks[win].attn.proj, _pad_windows(x, ec.window_size)),
-        "encoder: global attention": run(call, enc.blocks[glob].attn, x),
+        "encoder: global attention": run(with_policy, enc.blocks[glob].attn, x),
         "encoder: global qkv linear": run(call, enc.blocks[glob].attn.qkv, x),
         "encoder: global proj linear": run(call, enc.blocks[glob].attn.proj, x),
         "encoder: MLP": run(call, enc.blocks[glob].mlp, x),
@@ -87,19 +91,19 @@ def ours_parts(model: str) -> dict[str, Callable[[], object]]:
         "decoder: output upscaling": run(
             nnx.jit(lambda m, y: sequential(m.output_upscaling, y)), dec, src.reshape(dense.shape)
         ),
-        "decoder: masks to image size": run(inference.upscale_masks, low, rows, cols),
+        "decoder: masks to image size": run(inference.postprocess, low, resize, np.float32(0.0), True),
     }
 
 
 def _pad_windows(x, window: int):
-    from sam_jax.modeling.image_encoder import window_partition
+    from sam_jax.models.sam.image_encoder import window_partition
 
     return window_partition(x, window)[0]
 
 
-def _window_branch(block, x):
+def _window_branch(block, x, policy):
     """The windowed block's attention branch as ``Block`` runs it (qkv, windowing, attention, proj)."""
-    return block.attn(x, window=block.window_size)
+    return block.attn(x, window=block.window_size, policy=policy)
 
 
 def _boxes(rng, size: int):

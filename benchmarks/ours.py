@@ -33,10 +33,10 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from convert import rules
     from sam_jax import SamPredictor, build_sam, get_config, inference
     from sam_jax.amg import SamAutomaticMaskGenerator
-    from sam_jax.precision import cast_model
+    from sam_jax.convert import rules
+    from sam_jax.runtime.precision import cast_model
 
     dev = jax.devices()[0]
     out: dict = {

@@ -197,7 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vit_b", help="comma-separated: vit_b,vit_l,vit_h")
     parser.add_argument("--quick", action="store_true", help="AMG on a 16x16 point grid instead of 32x32")
-    parser.add_argument("--bf16", action="store_true", help="also run sam_jax in bf16 (sam_jax.precision)")
+    parser.add_argument("--bf16", action="store_true", help="also run sam_jax in bf16 (sam_jax.runtime.precision)")
     parser.add_argument("--threads", type=int, default=harness.usable_cores(), help="cores/threads for both sides")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median; >= 3)")
     parser.add_argument("--image", default="coffee", help="skimage.data photo")
@@ -369,7 +369,7 @@ def _bf16_section(res: dict) -> list[str]:
     rows.append(["peak RSS while running (MiB)", fmt(_peak_running(o) / MB, 4), fmt(_peak_running(b) / MB, 4), ""])
     parity = [[k, _v(v)] for k, v in res["bf16_vs_fp32"].items()]
     return [
-        "sam_jax in bf16 (`sam_jax.precision.cast_model`: bf16 weights and matmul operands, fp32 accumulation"
+        "sam_jax in bf16 (`sam_jax.runtime.precision.cast_model`: bf16 weights and matmul operands, fp32 accumulation"
         " and everything else):",
         "",
         markdown_table(["measure", "fp32", "bf16", "speed-up"], rows),

@@ -30,8 +30,8 @@ def main() -> None:
 
     import jax
 
-    from convert import rules
     from sam_jax import SamPredictor, build_sam, get_config
+    from sam_jax.convert import rules
 
     t_import = time.perf_counter()
     cfg = get_config(args.model)

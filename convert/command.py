@@ -8,11 +8,11 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
-from convert import rules
-from convert.detect import check_model_type, detect_model_type
-from convert.readers import read_checkpoint
 from sam_jax import checkpoint
-from sam_jax.config import get_config
+from sam_jax.convert import rules
+from sam_jax.convert.detect import check_model_type, detect_model_type
+from sam_jax.convert.readers import read_checkpoint
+from sam_jax.models.registry import get_config
 
 
 def convert_checkpoint(

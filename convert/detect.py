@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sam_jax.config import CONFIGS, MODEL_TYPES, get_config
+from sam_jax.models.sam.config import CONFIGS, MODEL_TYPES, get_config  # SAM 1 (family "sam") sizes
 
 PATCH_EMBED = "image_encoder.patch_embed.proj.weight"
 _BLOCK = re.compile(r"image_encoder\.blocks\.(\d+)\.")

@@ -29,8 +29,8 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
-from convert.transformers_names import from_transformers, is_transformers_layout
-from sam_jax.config import PIXEL_MEAN, PIXEL_STD
+from sam_jax.convert.transformers_names import from_transformers, is_transformers_layout
+from sam_jax.models.sam.config import PIXEL_MEAN, PIXEL_STD
 
 # Files looked for, in this order, when a directory is given (transformers' save_pretrained layout).
 DIRECTORY_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -1,4 +1,4 @@
-"""The rule table between official SAM state_dict names/layouts and sam_jax parameters.
+"""The rule table between official state_dict names/layouts and sam_jax parameters (every family).
 
 sam_jax modules mirror the official module names, so a parameter path maps to a state_dict key
 by renaming its leaf (``kernel``/``scale``/``embedding`` -> ``weight``), and its layout is fixed by
@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 from flax import nnx
 
-from sam_jax.config import SamConfig
+from sam_jax.models.registry import build_model, family_of
 
 Path = tuple[str | int, ...]
 _LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
@@ -63,19 +64,18 @@ def _owner_types(model: nnx.Module) -> dict[Path, type]:
     return {tuple(path): type(node) for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Module)}
 
 
-def _abstract(config: SamConfig) -> nnx.Module:
-    from sam_jax.modeling.sam import Sam  # local: keeps this module importable cheaply
+def _abstract(config: Any) -> nnx.Module:
+    """The model ``config`` describes (any family: its registry builder), without allocating it."""
+    return nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0)))
 
-    return nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
 
-
-def param_table(config: SamConfig) -> dict[str, tuple[Path, tuple[int, ...], type]]:
+def param_table(config: Any) -> dict[str, tuple[Path, tuple[int, ...], type]]:
     """``{torch key: (our path, torch shape, owning module type)}`` for every tensor of the model."""
     return dict(_param_table(config))
 
 
 @functools.lru_cache(maxsize=8)
-def _param_table(config: SamConfig) -> dict[str, tuple[Path, tuple[int, ...], type]]:
+def _param_table(config: Any) -> dict[str, tuple[Path, tuple[int, ...], type]]:
     # Cached: tracing the abstract model takes about a second for vit_b, and a conversion needs it twice.
     model = _abstract(config)
     owners = _owner_types(model)
@@ -90,12 +90,12 @@ def _param_table(config: SamConfig) -> dict[str, tuple[Path, tuple[int, ...], ty
     return table
 
 
-def expected_shapes(config: SamConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
     """Official state_dict keys and shapes of the model ``config`` describes."""
     return {k: shape for k, (_, shape, _) in param_table(config).items()}
 
 
-def check_state_dict(state_dict: Mapping[str, np.ndarray], config: SamConfig, *, source: str = "checkpoint") -> None:
+def check_state_dict(state_dict: Mapping[str, np.ndarray], config: Any, *, source: str = "checkpoint") -> None:
     """Raise :class:`ConversionError` naming every missing, unexpected or mis-shaped key."""
     expected = expected_shapes(config)
     missing = sorted(set(expected) - set(state_dict))
@@ -106,9 +106,8 @@ def check_state_dict(state_dict: Mapping[str, np.ndarray], config: SamConfig, *,
         if tuple(state_dict[k].shape) != expected[k]
     )
     if missing or unexpected or wrong:
-        lines = [
-            f"{source} does not match SAM {config.name} ({len(expected)} tensors expected, {len(state_dict)} given)"
-        ]
+        model = f"{family_of(config).title} {config.name}"
+        lines = [f"{source} does not match {model} ({len(expected)} tensors expected, {len(state_dict)} given)"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
             if items:
                 shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
@@ -116,7 +115,7 @@ def check_state_dict(state_dict: Mapping[str, np.ndarray], config: SamConfig, *,
         raise ConversionError("\n".join(lines))
 
 
-def to_params(state_dict: Mapping[str, np.ndarray], config: SamConfig, *, source: str = "checkpoint") -> dict:
+def to_params(state_dict: Mapping[str, np.ndarray], config: Any, *, source: str = "checkpoint") -> dict:
     """Official-layout state_dict -> nested pure dict of sam_jax parameters (float32 NumPy).
 
     Strict: every key must be present with its exact shape, and nothing else may be given.
@@ -134,7 +133,7 @@ def to_params(state_dict: Mapping[str, np.ndarray], config: SamConfig, *, source
     return nested
 
 
-def to_state_dict(params: dict, config: SamConfig) -> dict[str, np.ndarray]:
+def to_state_dict(params: dict, config: Any) -> dict[str, np.ndarray]:
     """Inverse of :func:`to_params`: sam_jax parameters -> official-layout state_dict."""
     out = {}
     for key, (path, _, owner) in param_table(config).items():

@@ -10,12 +10,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "Sam": "sam_jax.modeling.sam",
+    "Sam": "sam_jax.models.sam.model",
     "SamAutomaticMaskGenerator": "sam_jax.amg.generator",
-    "SamConfig": "sam_jax.config",
-    "SamPredictor": "sam_jax.predictor",
+    "SamConfig": "sam_jax.models.sam.config",
+    "SamPredictor": "sam_jax.predictors.sam",
     "build_sam": "sam_jax.build",
-    "get_config": "sam_jax.config",
+    "get_config": "sam_jax.models.registry",
     "load_sam": "sam_jax.build",
     "sam_model_registry": "sam_jax.build",
     "save_sam": "sam_jax.build",
@@ -35,9 +35,10 @@ __all__ = [
 if TYPE_CHECKING:
     from sam_jax.amg.generator import SamAutomaticMaskGenerator
     from sam_jax.build import build_sam, load_sam, sam_model_registry, save_sam
-    from sam_jax.config import SamConfig, get_config
-    from sam_jax.modeling.sam import Sam
-    from sam_jax.predictor import SamPredictor
+    from sam_jax.models.registry import get_config
+    from sam_jax.models.sam.config import SamConfig
+    from sam_jax.models.sam.model import Sam
+    from sam_jax.predictors.sam import SamPredictor
 
 
 def __getattr__(name: str) -> Any:

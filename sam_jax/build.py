@@ -1,35 +1,38 @@
-"""Building models: random init, from a sam_jax checkpoint, and the reference-style registry."""
+"""Building models of any family: random init, from a sam_jax checkpoint, and the reference-style
+``sam_model_registry``."""
 
 from __future__ import annotations
 
 import functools
 import os
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from sam_jax import checkpoint
-from sam_jax.config import SamConfig, get_config
-from sam_jax.modeling.sam import Sam
+from sam_jax.models.registry import build_model, family_of, get_config
+from sam_jax.models.sam.model import Sam
 
 
-def build_sam(config: SamConfig | str, *, params: dict | None = None, seed: int = 0) -> Sam:
-    """A model of ``config`` with random weights, or with ``params`` (a nested pure dict).
+def build_sam(config: Any, *, params: dict | None = None, seed: int = 0) -> nnx.Module:
+    """A model of ``config`` (a config of any family, or its registry name) with random weights,
+    or with ``params`` (a nested pure dict).
 
     ``params`` must match the model exactly (same paths and shapes).
     """
     if isinstance(config, str):
         config = get_config(config)
     if params is None:
-        return Sam(config, rngs=nnx.Rngs(seed))
+        return build_model(config, nnx.Rngs(seed))
     # Build the structure without running the initialisers, then fill every leaf.
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(seed))))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(config, nnx.Rngs(seed))))
     want = jax.tree_util.tree_map(lambda v: tuple(v.shape), nnx.to_pure_dict(state))
     got = jax.tree_util.tree_map(lambda v: tuple(v.shape), params)
     if want != got:
-        raise ValueError(f"params do not match SAM {config.name}: {_diff(want, got)}")
+        raise ValueError(f"params do not match {family_of(config).title} {config.name}: {_diff(want, got)}")
     nnx.replace_by_pure_dict(state, jax.tree_util.tree_map(jnp.asarray, params))
     return nnx.merge(graphdef, state)
 
@@ -43,17 +46,18 @@ def _diff(want: dict, got: dict) -> str:
     return f"missing {missing}, unexpected {extra}, wrong shape {wrong}"
 
 
-def load_sam(directory: str | os.PathLike) -> Sam:
-    """Load a model written by ``sam-jax convert`` (or :func:`save_sam`). Needs no torch."""
+def load_sam(directory: str | os.PathLike) -> nnx.Module:
+    """Load a model written by ``sam-jax convert`` (or :func:`save_sam`), of the family its
+    ``config.json`` names. Needs no torch."""
     config = checkpoint.load_config(directory)
-    abstract = nnx.eval_shape(lambda: Sam(config, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0)))
     shapes = jax.tree_util.tree_map(
         lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), nnx.to_pure_dict(nnx.state(abstract))
     )
     return build_sam(config, params=checkpoint.load_params(directory, shapes))
 
 
-def save_sam(model: Sam, directory: str | os.PathLike, *, force: bool = False) -> None:
+def save_sam(model: nnx.Module, directory: str | os.PathLike, *, force: bool = False) -> None:
     """Write ``model`` as a sam_jax checkpoint directory."""
     checkpoint.save_params(directory, model.config, nnx.to_pure_dict(nnx.state(model)), force=force)
 

@@ -2,7 +2,7 @@
 
 Layout of a model directory::
 
-    DIR/config.json     SamConfig.to_dict() and a format version
+    DIR/config.json     the config's to_dict(), its family tag and a format version
     DIR/params/         orbax StandardCheckpointer tree of float arrays, paths as in the model
 
 No torch anywhere: this is what ``sam_jax.load_sam`` reads.
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sam_jax.config import SamConfig
+from sam_jax.models import registry
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -33,7 +33,7 @@ def _stringify_keys(tree: Any) -> Any:
     return tree
 
 
-def save_params(directory: str | os.PathLike, config: SamConfig, params: dict, *, force: bool = False) -> Path:
+def save_params(directory: str | os.PathLike, config: Any, params: dict, *, force: bool = False) -> Path:
     """Write ``params`` (a nested pure dict, as ``nnx.to_pure_dict`` gives) and ``config``.
 
     ``force`` replaces an existing checkpoint; otherwise an existing one is an error.
@@ -45,15 +45,16 @@ def save_params(directory: str | os.PathLike, config: SamConfig, params: dict, *
     tree = _stringify_keys(jax.tree_util.tree_map(np.asarray, params))
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(directory / PARAMS_DIR, tree, force=force)
-    meta = {"format_version": FORMAT_VERSION, "config": config.to_dict()}
+    meta = {"format_version": FORMAT_VERSION, "family": registry.family_of(config).tag, "config": config.to_dict()}
     tmp = directory / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     tmp.replace(directory / CONFIG_FILE)
     return directory
 
 
-def load_config(directory: str | os.PathLike) -> SamConfig:
-    """Read ``DIR/config.json``; a clear error if ``directory`` is not a sam_jax checkpoint."""
+def load_config(directory: str | os.PathLike) -> Any:
+    """Read ``DIR/config.json`` into its family's config (no ``family`` tag: SAM 1, as written
+    before tags existed); a clear error if ``directory`` is not a sam_jax checkpoint."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(
@@ -63,7 +64,7 @@ def load_config(directory: str | os.PathLike) -> SamConfig:
     meta = json.loads(path.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-    return SamConfig.from_dict(meta["config"])
+    return registry.config_from_dict(meta["config"], meta.get("family"))
 
 
 def load_params(directory: str | os.PathLike, abstract_params: dict) -> dict:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sam_jax.config import CONFIGS, MODEL_TYPES
+from sam_jax.models import registry
 
 PROG = "sam-jax"
 # Exceptions that mean "the input or the environment is wrong" (a bad file, a missing optional
@@ -22,9 +22,33 @@ PROG = "sam-jax"
 USER_ERRORS = (ValueError, OSError, ModuleNotFoundError)
 
 
+# Exit status of an interrupted command (Ctrl-C): 128 + SIGINT, as shells report it.
+INTERRUPTED = 130
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default after its help text, unless there is none to show (None,
+    False, an empty list) or the text already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default == []
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)".strip()
+
+
 def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "convert",
+        formatter_class=HelpFormatter,
         help="convert a PyTorch/transformers SAM checkpoint to a sam_jax checkpoint",
         description=(
             "Convert an official SAM .pth, a MedSAM checkpoint or a transformers SamModel (directory, "
@@ -36,8 +60,8 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output_dir", type=Path, help="directory to write the sam_jax checkpoint to")
     parser.add_argument(
         "--model-type",
-        choices=tuple(CONFIGS),
-        metavar="{" + ",".join(MODEL_TYPES) + "}",
+        choices=tuple(registry.all_configs()),
+        metavar="{" + ",".join(registry.model_types()) + "}",
         help="check that the checkpoint is this model (default: detect it from the tensor shapes)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite a sam_jax checkpoint in OUTPUT_DIR")
@@ -45,7 +69,7 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from convert.command import convert_checkpoint
+    from sam_jax.convert.command import convert_checkpoint
 
     convert_checkpoint(args.checkpoint, args.output_dir, model_type=args.model_type, force=args.force)
     return 0
@@ -71,6 +95,7 @@ _FORMATS = {"point": "X,Y or X,Y,LABEL (LABEL 1 foreground, 0 background)", "box
 def _add_segment(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "segment",
+        formatter_class=HelpFormatter,
         help="segment an image from points and/or boxes; write mask PNGs, scores and an overlay",
         description=(
             "Prompted segmentation of one image. Points and one box form one prompt; several --box "
@@ -117,7 +142,30 @@ def _run_segment(args: argparse.Namespace) -> int:
     for m in summary["masks"]:
         print(f"{args.output / m['file']}  score {m['score']:.3f}")
     print(f"{args.output / summary['overlay']}")
+    if args.checkpoint is None and not _is_demo_sample(args.image, summary["image_size"]):
+        print(DEMO_HINT, file=sys.stderr)
     return 0
+
+
+# Printed when the demo model (no --checkpoint) segments anything but its own sample image: on
+# photos its masks are meaningless, which a new user would otherwise blame on the package.
+DEMO_HINT = (
+    f"{PROG} segment: note: no --checkpoint, so the bundled demo model ran; it only knows synthetic shapes "
+    "(like examples/images/shapes.png): for real photos convert a SAM checkpoint with `sam-jax convert` "
+    "and pass --checkpoint DIR"
+)
+
+
+def _is_demo_sample(path: Path, image_size: list[int]) -> bool:
+    """Whether ``path`` holds the bundled sample image examples/images/shapes.png (by its pixels,
+    so a copy counts; an image of another size is not read again)."""
+    import numpy as np
+
+    from sam_jax.io import read_image
+    from sam_jax.train import presets
+
+    sample = presets.demo_sample()["image"]
+    return list(sample.shape[:2]) == list(image_size) and np.array_equal(read_image(path), sample)
 
 
 def _add_amg(subparsers: argparse._SubParsersAction) -> None:
@@ -133,11 +181,18 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     add_evaluate_parser(subparsers)
 
 
+def _add_annotate(subparsers: argparse._SubParsersAction) -> None:
+    from sam_jax.apps.annotate.cli import add_parsers
+
+    add_parsers(subparsers)  # annotate, annotate-export
+
+
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_convert,
     _add_segment,
     _add_amg,
     _add_train,
+    _add_annotate,
 )
 
 
@@ -150,14 +205,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What rerunning an interrupted command does, for the one-line message (amg and train raise
+# KeyboardInterrupt with their own, more precise message).
+_RERUN = {
+    "convert": "the output may be incomplete; run the command again (with --force if it asks)",
+    "train": "run the same command again to resume from the last checkpoint in WORKDIR",
+    "evaluate": "no result; run it again (nothing is saved part-way)",
+    "segment": "run it again (outputs are written atomically; some may be missing)",
+    "amg": "run the same command again to resume",
+    "annotate": "stopped; every saved annotation is on disk, run the same command to continue",
+}
+
+
+def run_command(command: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``run(args)`` with expected failures and Ctrl-C turned into one line on stderr.
+
+    A user error (:data:`USER_ERRORS`) prints ``sam-jax COMMAND: error: ...`` and returns 2; Ctrl-C
+    prints ``sam-jax COMMAND: interrupted: ...`` (the exception's message, else what rerunning does)
+    and returns :data:`INTERRUPTED` (130). Anything else is a bug and keeps its traceback.
+    """
+    try:
+        return run(args)
+    except USER_ERRORS as error:
+        print(f"{PROG} {command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as interrupt:
+        # A traceback through JAX's frames says nothing useful about a Ctrl-C.
+        message = str(interrupt) or _RERUN.get(command, "stopped")
+        print(f"{PROG} {command}: interrupted: {message}", file=sys.stderr)
+        return INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``sam-jax`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code.
 
-    0 on success, 2 for a usage error or an expected failure (printed on stderr, no traceback).
+    0 on success, 2 for a usage error or an expected failure (printed on stderr, no traceback), 130
+    when interrupted (Ctrl-C; one line on stderr saying what rerunning does), and for ``amg`` 1 when
+    some input images could not be read.
     """
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except USER_ERRORS as error:
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    return run_command(args.command, args.run, args)

@@ -5,32 +5,32 @@ The library behind ``sam-jax segment`` and ``examples/segment_image.py``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from sam_jax.modeling.sam import Sam
-from sam_jax.predictor import SamPredictor
+from sam_jax.io import read_image, write_json, write_png
+from sam_jax.models.sam.model import Sam
+from sam_jax.predictors.sam import SamPredictor
 from sam_jax.visualize import overlay
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 RGB (grayscale and RGBA are converted)."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
-
-
-def write_png(path: Path, array: np.ndarray) -> None:
-    """Write a PNG atomically (a partial file never appears under the final name)."""
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    tmp.replace(path)
+def check_prompts_inside(
+    size: tuple[int, int], points: np.ndarray | None = None, boxes: np.ndarray | None = None
+) -> None:
+    """Raise ``ValueError`` for a point outside an image of ``size`` ``(H, W)`` (x in ``[0, W]``,
+    y in ``[0, H]``) or a box with no part inside it: the model would silently clamp or ignore such
+    a prompt (a typo, or coordinates of another image size), so the mistake is named instead."""
+    h, w = size
+    for x, y in np.asarray(points if points is not None else np.zeros((0, 2)), np.float64).reshape(-1, 2):
+        if not (0 <= x <= w and 0 <= y <= h):
+            raise ValueError(f"point {x:g},{y:g} is outside the image, which is {w} x {h} pixels (W x H)")
+    for x1, y1, x2, y2 in np.asarray(boxes if boxes is not None else np.zeros((0, 4)), np.float64).reshape(-1, 4):
+        if x2 < 0 or y2 < 0 or x1 > w or y1 > h:
+            raise ValueError(
+                f"box {x1:g},{y1:g},{x2:g},{y2:g} lies entirely outside the image, which is {w} x {h} pixels (W x H)"
+            )
 
 
 def segment_to_files(
@@ -50,6 +50,8 @@ def segment_to_files(
       boxes: ``(B, 4)`` xyxy. With one box (or none), points and box form one prompt; with several
         boxes each box is its own prompt (points are then refused as ambiguous).
 
+    Raises ``ValueError`` for an unreadable image, a point outside it or a box wholly outside it.
+
     Returns the summary written to ``scores.json``.
     """
     image = read_image(image_path)
@@ -58,6 +60,7 @@ def segment_to_files(
         raise ValueError("points can be combined with one box only; give one --box, or no --point")
     if points is None and boxes is None:
         raise ValueError("give at least one point or box")
+    check_prompts_inside(image.shape[:2], points, boxes)
     predictor = SamPredictor(model)
     predictor.set_image(image)
     if boxes is not None and len(boxes) > 1:
@@ -82,7 +85,5 @@ def segment_to_files(
         "masks": files,
         "overlay": "overlay.png",
     }
-    tmp = out / "scores.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / "scores.json")
+    write_json(out / "scores.json", summary)
     return summary

@@ -11,9 +11,9 @@ import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-from convert import rules  # noqa: E402
 from sam_jax.build import build_sam  # noqa: E402
-from sam_jax.config import get_config  # noqa: E402
+from sam_jax.convert import rules  # noqa: E402
+from sam_jax.models.sam.config import get_config  # noqa: E402
 
 from reference_weights import load_shapes, random_state_dict  # noqa: E402
 
@@ -50,3 +50,11 @@ def max_abs(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert a.shape == b.shape, f"shape {a.shape} != {b.shape}"
     return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def postprocess_masks(masks, rows, cols):
+    """Low-res logits ``(..., m, m)`` resized by dense matrices ``(H, m)``, ``(W, m)`` from
+    :func:`sam_jax.core.resize.postprocess_matrices` (the direct form the banded resize replaces)."""
+    hp = jax.lax.Precision.HIGHEST
+    x = jax.numpy.einsum("...ij,wj->...iw", masks, cols, precision=hp)
+    return jax.numpy.einsum("hi,...iw->...hw", rows, x, precision=hp)

@@ -13,7 +13,7 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from sam_jax.config import MODEL_TYPES, get_config
+from sam_jax.models.sam.config import MODEL_TYPES, get_config
 
 from reference_weights import random_state_dict
 

@@ -86,6 +86,7 @@ def test_rle_run_skips_unreadable_and_resumes(images, checkpoint, tmp_path, capl
     assert run_cli("--input", str(images), "--output", str(out), "--checkpoint", str(checkpoint), "--convert-to-rle",
                    "--overlay") == 1  # fmt: skip
     assert "could not read" in caplog.text and "broken.jpg" in caplog.text
+    assert f"written 5, already done 0, unreadable 1: {images / 'broken.jpg'}" in caplog.text
     files = outputs(out)
     names = ["astronaut", "cat", "coffee", "rocket", "sub/astronaut_flipped"]
     assert sorted(files) == sorted([f"{n}.json" for n in names] + [f"{n}.overlay.png" for n in names])
@@ -135,7 +136,7 @@ def test_two_processes_equal_one(images, checkpoint, tmp_path):
     address = f"localhost:{_free_port()}"
     cmd = [sys.executable, "-m", "sam_jax.amg.cli", "--input", str(images), "--output", str(multi)]
     cmd += ["--checkpoint", str(checkpoint), "--convert-to-rle", "--coordinator-address", address]
-    cmd += ["--num-processes", "2", *SETTINGS]
+    cmd += ["--num-processes", "2", *(s for s in SETTINGS if s != "--quiet")]  # --quiet hides the info lines
     procs = [
         subprocess.Popen([*cmd, "--process-id", str(i)], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         for i in range(2)
@@ -158,3 +159,72 @@ def test_without_checkpoint_the_demo_model_finds_the_sample_shapes(tmp_path):
     for truth in presets.demo_sample()["masks"]:
         ious = (found & truth).sum((1, 2)) / (found | truth).sum((1, 2))
         assert ious.max() >= 0.8, ious
+
+
+def test_truncated_jpeg_is_skipped_reported_and_not_written(checkpoint, tmp_path, caplog):
+    """A JPEG cut in half (an interrupted copy) is unreadable, not an image grey below the cut: it is
+    logged, named in the summary, counted as unreadable (status 1) and gets no output."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo = np.ascontiguousarray(skimage.data.chelsea()[:256:2, 100:356:2, ::-1])
+    assert cv2.imwrite(str(folder / "whole.jpg"), photo)
+    data = (folder / "whole.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    argv = ["--input", str(folder), "--output", str(out), "--checkpoint", str(checkpoint), "--convert-to-rle"]
+    assert run_cli(*argv) == 1
+    assert f"written 1, already done 0, unreadable 1: {folder / 'cut.jpg'}" in caplog.text
+    assert sorted(outputs(out)) == ["whole.json"]
+
+
+def test_amg_folder_example_exits_1_on_unreadable_input_like_the_command(tmp_path):
+    """examples/amg_folder.py and ``sam-jax amg`` agree: unreadable inputs make the run fail (status 1)
+    after every other image was processed, with the same summary line."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    assert cv2.imwrite(str(folder / "small.png"), np.ascontiguousarray(skimage.data.coffee()[::8, ::8, ::-1]))
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    command = [sys.executable, str(ROOT / "examples" / "amg_folder.py"), "--input", str(folder), "--output", str(out)]
+    result = subprocess.run([*command, "--points-per-side", "4"], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.splitlines()[-1] == f"written 1, already done 0, unreadable 1: {folder / 'broken.jpg'}"
+    assert sorted(outputs(out)) == ["small.json", "small.overlay.png"]
+    bad = subprocess.run([*command, "--points-per-side", "0"], env=env, capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and bad.stderr.splitlines() == ["error: points_per_side must be an integer >= 1, got 0"]
+
+
+def _sample_shapes() -> np.ndarray:
+    """The visible part of every shape of examples/images/shapes.png, the mostly hidden light
+    rectangle included (the training data gives it no mask): ``(4, 256, 256)`` bool."""
+    import dataclasses
+
+    from sam_jax.data.synthetic import render_shapes
+    from sam_jax.train import presets
+
+    seed, index, size = presets.DEMO_SAMPLE
+    cfg = dataclasses.replace(presets.DEMO_SHAPES, size=size, min_visible=0.0, min_area=0.0)
+    image, masks = render_shapes(np.random.default_rng([seed, index]), cfg)
+    assert np.array_equal(image, presets.demo_sample()["image"])  # the same scene, drawn alike
+    return masks
+
+
+def test_readme_amg_command_finds_the_four_sample_shapes_once_each(tmp_path, monkeypatch):
+    """The README's first AMG command, taken from the README: the demo model's masks are the sample's
+    four shapes, one mask each (IoU >= 0.8), with no duplicates."""
+    readme = (ROOT / "README.md").read_text().split("\n")
+    start = next(i for i, x in enumerate(readme) if x.startswith("sam-jax amg --input examples/images/shapes.png"))
+    command = readme[start].rstrip("\\") + " " + readme[start + 1] if readme[start].endswith("\\") else readme[start]
+    argv = command.split()[2:]
+    assert "--checkpoint" not in argv
+    monkeypatch.chdir(ROOT)
+    argv[argv.index("--output") + 1] = str(tmp_path / "amg")
+    assert cli.main([*argv, "--quiet"]) == 0
+    pngs = sorted((tmp_path / "amg" / "shapes").glob("*.png"))
+    found = np.stack([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) > 0 for p in pngs])
+    truth = _sample_shapes()
+    ious = (found[:, None] & truth[None]).sum((2, 3)) / (found[:, None] | truth[None]).sum((2, 3))
+    assert len(found) == 4 and sorted(ious.argmax(1)) == [0, 1, 2, 3], np.round(ious, 3)
+    assert (ious.max(1) >= 0.8).all(), np.round(ious, 3)
+    assert (tmp_path / "amg" / "shapes.overlay.png").is_file()

@@ -15,8 +15,8 @@ from torch.nn import functional as F
 from torchvision.ops import nms as tv_nms
 
 from sam_jax.amg import crops, ops, regions, rle
-from sam_jax.modeling.sam import band, postprocess_matrices
-from sam_jax.transforms import preprocess_shape
+from sam_jax.core.resize import Resize, band, inside, postprocess_matrices, resize
+from sam_jax.core.transforms import preprocess_shape
 
 torch.set_num_threads(2)
 NMS_SLOTS = 48
@@ -103,17 +103,18 @@ def test_upscale_and_stability_match_reference(m, img_size, size):
     hb, wb = size[0] + 5, size[1] + 11  # a padded canvas
     rs, rw = band(rows, hb)
     cs, cw = band(cols, wb)
-    up = ops.Upscale(rs, rw, cs, cw, np.array(size, np.int32))
-    got = np.stack([np.asarray(ops.upscale(jnp.asarray(x), up)) for x in low])
-    # The banded gather is the dense resize of `postprocess_matrices`; that one places source pixels
-    # in float64 where torch computes them in float32: up to ~2e-4 on this white noise (~1e-6 with
-    # float32 source positions; reported, `linear_resize_matrix` is not part of AMG).
+    up = Resize(rs, rw, cs, cw, np.array(size, np.int32))
+    assert all(np.array_equal(a, b) for a, b in zip(up, Resize.make(m, img_size, size, (hb, wb)), strict=True))
+    got = np.stack([np.asarray(resize(jnp.asarray(x), up)) for x in low])
+    # The banded gather is the dense resize of `postprocess_matrices`, whose source positions and
+    # weights are computed in float32 as torch computes them; only the two resizes' composition
+    # (one matrix instead of two passes) rounds differently.
     np.testing.assert_allclose(got[:, : size[0], : size[1]], want, atol=5e-4)
     dense = np.einsum("hi,nij,wj->nhw", rows.astype(np.float64), low, cols.astype(np.float64))
     np.testing.assert_allclose(got[:, : size[0], : size[1]], dense, atol=1e-5)
 
     thr = ops.Thresholds.make(0.0, 0.88, 0.95, 1.0)
-    stats = [ops.mask_stats(jnp.asarray(g), ops.inside(up), thr) for g in got]
+    stats = [ops.mask_stats(jnp.asarray(g), inside(up), thr) for g in got]
     valid = got[:, : size[0], : size[1]]
     stability = ops.stability_score(jnp.stack([s.high for s in stats]), jnp.stack([s.low for s in stats]))
     np.testing.assert_array_equal(stability, ref.calculate_stability_score(torch.from_numpy(valid), 0.0, 1.0))

@@ -12,9 +12,9 @@ import skimage.data
 from flax import nnx
 
 import sam_jax
-from sam_jax import inference
 from sam_jax.build import build_sam, save_sam
-from sam_jax.predictor import SamPredictor
+from sam_jax.core.image import encode
+from sam_jax.predictors.sam import SamPredictor
 
 from conftest import fixture_model
 
@@ -66,7 +66,7 @@ def test_load_sam_imports_no_torch(tmp_path):
 def test_images_of_any_size_share_one_encoder_program():
     predictor = SamPredictor(fixture_model("tiny"))
     predictor.set_image(skimage.data.chelsea())
-    before = inference.encode_images._cache_size()
+    before = encode._cache_size()
     for image in (skimage.data.astronaut(), skimage.data.coffee(), skimage.data.camera()[:100, :37]):
         predictor.set_image(image)
-    assert inference.encode_images._cache_size() == before
+    assert encode._cache_size() == before

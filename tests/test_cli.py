@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from convert import rules
 from sam_jax import checkpoint
 from sam_jax.cli import main
-from sam_jax.config import get_config
+from sam_jax.convert import rules
+from sam_jax.models.sam.config import get_config
 
 from reference_model import build_reference
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from sam_jax import save_sam
 from sam_jax.cli import main
-from sam_jax.predictor import SamPredictor
-from sam_jax.segment import read_image
+from sam_jax.io import read_image
+from sam_jax.predictors.sam import SamPredictor
 
 from conftest import fixture_model
 
@@ -73,6 +73,30 @@ def test_bad_prompts_exit_2_with_a_clear_message(tiny_dir, tmp_path, capsys, ext
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--point", "452,10"], "point 452,10 is outside the image, which is 451 x 300 pixels"),
+        (["--point", "10,-1,0"], "point 10,-1 is outside the image, which is 451 x 300 pixels"),
+        (["--box", "500,10,600,90"], "box 500,10,600,90 lies entirely outside the image, which is 451 x 300 pixels"),
+    ],
+)
+def test_prompts_outside_the_image_are_refused(tiny_dir, tmp_path, capsys, extra, message):
+    argv = ["segment", str(IMAGE), "--checkpoint", str(tiny_dir), "--output", str(tmp_path / "out"), *extra]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [f"sam-jax segment: error: {message} (W x H)"]
+    assert not (tmp_path / "out").exists()
+    # On the edge, or a box partly inside: accepted.
+    argv = ["segment", str(IMAGE), "--checkpoint", str(tiny_dir), "--output", str(tmp_path / "ok")]
+    assert main([*argv, "--point", "451,300", "--box", "400,250,600,400"]) == 0
+
+
+def test_demo_model_on_a_photo_prints_a_one_line_hint(tmp_path, capsys):
+    assert main(["segment", str(IMAGE), "--box", "50,20,400,280", "--output", str(tmp_path)]) == 0
+    hint = capsys.readouterr().err.splitlines()
+    assert len(hint) == 1 and "demo model" in hint[0] and "synthetic shapes" in hint[0] and "--checkpoint" in hint[0]
+
+
 def test_unreadable_image_and_missing_checkpoint(tiny_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
@@ -86,7 +110,7 @@ def test_unreadable_image_and_missing_checkpoint(tiny_dir, tmp_path, capsys):
     assert "not a sam_jax checkpoint" in capsys.readouterr().err
 
 
-def test_readme_main_command_runs_on_the_bundled_demo_model(tmp_path, monkeypatch):
+def test_readme_main_command_runs_on_the_bundled_demo_model(tmp_path, monkeypatch, capsys):
     """The README's quick-start command, taken from the README itself, with no checkpoint: the bundled
     demo model segments the bundled sample image, and the best mask is the boxed shape."""
     from sam_jax.train import presets
@@ -104,3 +128,4 @@ def test_readme_main_command_runs_on_the_bundled_demo_model(tmp_path, monkeypatc
     truth = presets.demo_sample()["masks"][presets.DEMO_SAMPLE_OBJECT]
     assert (mask & truth).sum() / (mask | truth).sum() >= 0.85
     assert (tmp_path / "out" / "overlay.png").is_file()
+    assert capsys.readouterr().err == ""  # the demo model on its own sample: no "real photos need..." hint

@@ -26,14 +26,14 @@ from segment_anything import sam_model_registry
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when transformers is imported; nothing here needs the Hub
 import transformers
 
-from convert import rules
-from convert.command import convert_checkpoint
-from convert.detect import detect_model_type
-from convert.readers import read_checkpoint
-from convert.transformers_names import from_transformers, to_transformers
 from sam_jax import checkpoint
 from sam_jax.build import load_sam
-from sam_jax.config import MODEL_TYPES, get_config
+from sam_jax.convert import rules
+from sam_jax.convert.command import convert_checkpoint
+from sam_jax.convert.detect import detect_model_type
+from sam_jax.convert.readers import read_checkpoint
+from sam_jax.convert.transformers_names import from_transformers, to_transformers
+from sam_jax.models.sam.config import MODEL_TYPES, get_config
 
 from reference_model import build_reference
 

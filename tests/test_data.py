@@ -122,14 +122,17 @@ def test_embedded_examples_are_only_padded_and_draw_objects_per_epoch():
     masks = np.zeros((6, 8, 8), bool)
     for i in range(6):
         masks[i, i] = True
-    embedded = {"embedding": np.zeros((2, 2, 4), np.float32), "input_size": np.array([32, 32], np.int32)}
+    embedded = {
+        "features": {"image_embed": np.zeros((2, 2, 4), np.float32)},
+        "input_size": np.array([32, 32], np.int32),
+    }
     cached = [{**embedded, "masks": masks}]
     cfg = PipelineConfig(img_size=32, batch_size=1, max_objects=2, mask_size=8, seed=0, shuffle=True)
     ds = examples(cached, cfg)
     picks = set()
     for epoch in range(6):
         ex = ds[epoch]
-        assert set(ex) == {"embedding", "input_size", "masks", "mask_valid"} and ex["mask_valid"].all()
+        assert set(ex) == {"features", "input_size", "masks", "mask_valid"} and ex["mask_valid"].all()
         picks.add(tuple(int(np.argmax(m.any(axis=1))) for m in ex["masks"]))
     assert len(picks) > 1 and all(a < b for a, b in picks)  # different subsets, each in the original order
 

@@ -14,14 +14,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sam_jax import inference, sharding
-from sam_jax.config import MaskDecoderConfig
-from sam_jax.modeling.common import sequential
-from sam_jax.modeling.mask_decoder import MaskDecoder
-from sam_jax.modeling.sam import postprocess_matrices
-from sam_jax.modeling.transformer import Attention, TwoWayTransformer
+from sam_jax import inference
+from sam_jax.amg.generator import _decode_needed
+from sam_jax.core.decode import in_chunks
+from sam_jax.core.resize import postprocess_matrices
+from sam_jax.core.transforms import preprocess_shape
+from sam_jax.models.layers import sequential
+from sam_jax.models.sam.config import MaskDecoderConfig
+from sam_jax.models.sam.mask_decoder import MaskDecoder
+from sam_jax.models.sam.transformer import Attention, TwoWayTransformer
+from sam_jax.ops import cross_attention as cross
+from sam_jax.ops.policy import ExecutionPolicy
+from sam_jax.runtime import sharding
 
-from conftest import max_abs
+from conftest import max_abs, postprocess_masks
 
 TOL = 1e-5
 # vit_b's decoder attention (256 wide, 8 heads, inner 128) at a smaller grid.
@@ -46,7 +52,7 @@ def test_tokens_to_image(attention, image_batch, factored):
     q = normal(0, (3, 7, DIM))
     k, v = normal(1, (image_batch, N, DIM)), normal(2, (image_batch, N, DIM))
     want = attention(q, jnp.broadcast_to(k, (3, N, DIM)), jnp.broadcast_to(v, (3, N, DIM)))
-    assert max_abs(attention.tokens_to_image(q, k, v, factored=factored), want) <= TOL
+    assert max_abs(cross.tokens_to_image(attention, q, k, v, factored=factored), want) <= TOL
 
 
 @pytest.mark.parametrize("image_batch", [1, 3])
@@ -56,15 +62,15 @@ def test_image_to_tokens(attention, image_batch, factored):
     k, v = normal(1, (3, 7, DIM)), normal(2, (3, 7, DIM))
     valid = jnp.array([[True] * 7, [True] * 5 + [False] * 2, [True, False] * 3 + [True]])
     want = attention(jnp.broadcast_to(q, (3, N, DIM)), k, v, valid)
-    assert max_abs(attention.image_to_tokens(q, k, v, valid, factored=factored), want) <= TOL
+    assert max_abs(cross.image_to_tokens(attention, q, k, v, valid, factored=factored), want) <= TOL
 
 
 def test_cost_model_picks_factored_only_for_few_tokens(attention):
     # inner 128 against 8 heads x T tokens: factored pays off below T = 16.
-    assert attention._factored(4096, 7, 3, 3)
-    assert not attention._factored(4096, 20, 3, 3)
+    assert cross.factored_is_cheaper(attention, 4096, 7, 3, 3)
+    assert not cross.factored_is_cheaper(attention, 4096, 20, 3, 3)
     # An image shared by many prompts is projected once instead.
-    assert not attention._factored(4096, 7, 1, 64)
+    assert not cross.factored_is_cheaper(attention, 4096, 7, 1, 64)
 
 
 def test_transformer_with_shared_image():
@@ -103,25 +109,29 @@ def test_chunked_and_compact_decoding_match(tiny_model):
     want = inference.decode(graphdef, params, embedding, full, True)
     pe = inference.dense_pe(graphdef, params)
     for prompts, chunk in ((compact, None), (compact, 2), (full, 4)):
-        got = inference.decode(graphdef, params, embedding, prompts, True, pe, chunk)
+        policy = ExecutionPolicy(prompts_per_device=chunk)
+        got = inference.decode(graphdef, params, embedding, prompts, True, pe, policy)
         assert max_abs(got[0], want[0]) <= 1e-4 and max_abs(got[1], want[1]) <= 1e-5, chunk
+    # The chunk must divide the prompts: a policy only ever picks a divisor.
+    assert ExecutionPolicy(prompts_per_device=3).prompt_chunk(8) == 2
     with pytest.raises(ValueError, match="divide"):
-        inference.decode(graphdef, params, embedding, compact, True, pe, 3)
+        in_chunks(lambda p: p, compact, 3)
 
 
 def test_prompt_chunk_sizes():
-    assert inference.prompt_chunk(64, 1, "cpu") == 4
-    assert inference.prompt_chunk(64, 8, "cpu") == 32  # 4 per device, split over devices
-    assert inference.prompt_chunk(50, 1, "cpu") == 2
-    assert inference.prompt_chunk(4, 1, "cpu") is None  # one step holds them all
-    assert inference.prompt_chunk(64, 1, "gpu") is None
+    cpu = lambda devices: ExecutionPolicy.for_platform("cpu", devices)
+    assert cpu(1).prompt_chunk(64) == 4
+    assert cpu(8).prompt_chunk(64) == 32  # 4 per device, split over devices
+    assert cpu(1).prompt_chunk(50) == 2
+    assert cpu(1).prompt_chunk(4) is None  # one step holds them all
+    assert ExecutionPolicy.for_platform("gpu").prompt_chunk(64) is None
 
 
 def test_banded_postprocess_matches_dense_resize():
     low = normal(0, (2, 3, 64, 64), 3.0)
-    rows, cols = postprocess_matrices(64, 256, (171, 256), (300, 451))
-    want = inference.upscale_masks(low, rows, cols)
-    resize = inference.Resize.make(64, 256, (171, 256), (300, 451))
+    rows, cols = postprocess_matrices(64, 256, preprocess_shape(300, 451, 256), (300, 451))
+    want = postprocess_masks(low, rows, cols)
+    resize = inference.Resize.make(64, 256, (300, 451))
     got = inference.postprocess(low, resize, np.float32(0.0), True)
     assert got.shape == (2, 3, 300, 451)
     assert max_abs(got, want) <= 1e-5
@@ -142,10 +152,12 @@ def test_masks_skipped_below_the_iou_floor(tiny_model, per_prompt):
         inference.make_prompts(coords, np.ones((8, 1)), None, None, num_prompts=8, mask_size=pcfg.mask_input_size)
     )
     pe = inference.dense_pe(graphdef, params)
-    want, iou = inference.decode(graphdef, params, embedding, prompts, True, pe, 2)
+    policy = ExecutionPolicy(blocked=per_prompt, prompts_per_device=2)  # steps of 2 prompts
+    want, iou = inference.decode(graphdef, params, embedding, prompts, True, pe, policy)
     floor = jnp.float32(np.median(np.asarray(iou).max(1)))  # about half the prompts pass
-    mesh = sharding.data_mesh() if per_prompt else None
-    got, got_iou = inference.decode(graphdef, params, embedding, prompts, True, pe, 2, floor, mesh)
+    features = {"image_embed": embedding}
+    skip = jax.jit(_decode_needed, static_argnums=(0, 1, 2))
+    got, got_iou = skip(graphdef, sharding.data_mesh(), policy, params, features, pe, prompts, floor)
     assert max_abs(got_iou, iou) <= 1e-6
     needed = np.asarray(iou > floor).any(1)
     assert 0 < needed.sum() < 8

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from convert import rules
-from sam_jax.config import CONFIGS, MODEL_TYPES, SamConfig, get_config
-from sam_jax.modeling.sam import Sam
+from sam_jax.convert import rules
+from sam_jax.models.sam.config import CONFIGS, MODEL_TYPES, SamConfig, get_config
+from sam_jax.models.sam.model import Sam
 
 from reference_weights import load_shapes
 

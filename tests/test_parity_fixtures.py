@@ -13,8 +13,9 @@ import pytest
 import skimage.data
 
 from sam_jax import inference
-from sam_jax.predictor import SamPredictor
-from sam_jax.transforms import resize_image
+from sam_jax.core.transforms import resize_image
+from sam_jax.ops.policy import ExecutionPolicy
+from sam_jax.predictors.sam import SamPredictor
 
 from conftest import fixture_arrays, fixture_model, max_abs
 
@@ -53,17 +54,14 @@ def test_image_encoder(tiny_model, fx):
 
 
 @pytest.mark.parametrize("score_block, token_block", [(16, 7), (50, 64)])
-def test_image_encoder_in_cache_sized_steps(tiny_model, fx, monkeypatch, score_block, token_block):
-    """The CPU path's blocked loops (query rows, windows, token slices; sizes that leave remainders)
+def test_image_encoder_in_cache_sized_steps(tiny_model, fx, score_block, token_block):
+    """A blocked policy's loops (query rows, windows, token slices; sizes that leave remainders)
     give the reference's encoder output: tiny is otherwise too small to take them."""
-    from sam_jax.modeling import image_encoder
-
-    monkeypatch.setattr(image_encoder, "CPU_SCORE_BLOCK", score_block)
-    monkeypatch.setattr(image_encoder, "CPU_TOKEN_BLOCK", token_block)
+    policy = ExecutionPolicy(blocked=True, score_block=score_block, token_block=token_block)
     for i in range(len(tiny_model.image_encoder.blocks)):
-        out = tiny_model.image_encoder.blocks[i](jnp.asarray(fx[f"block{i}/in"]))
+        out = tiny_model.image_encoder.blocks[i](jnp.asarray(fx[f"block{i}/in"]), policy)
         assert max_abs(out, fx[f"block{i}/out"]) <= TOL
-    out = tiny_model.image_encoder(nhwc(fx["encoder/in"]))
+    out = tiny_model.image_encoder(nhwc(fx["encoder/in"]), policy)
     assert max_abs(nchw(out), fx["encoder/out"]) <= TOL
 
 

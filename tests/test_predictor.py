@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sam_jax import inference
-from sam_jax.predictor import SamPredictor
+from sam_jax.predictors.sam import SamPredictor
 
 from conftest import fixture_model
 
@@ -229,8 +229,8 @@ MULTI_DEVICE = textwrap.dedent(
     import numpy as np, jax, skimage.data
     sys.path.insert(0, "tests")
     from conftest import fixture_model
-    from sam_jax import sharding
-    from sam_jax.predictor import SamPredictor
+    from sam_jax.runtime import sharding
+    from sam_jax.predictors.sam import SamPredictor
     assert jax.device_count() == 8, jax.devices()
     model = fixture_model("tiny")
     images = [skimage.data.chelsea(), skimage.data.astronaut(), skimage.data.coffee()]
@@ -265,7 +265,7 @@ def test_eight_devices_match_one_device():
 
 
 def test_compilation_cache_location_and_opt_out(tmp_path):
-    code = "from sam_jax.compile_cache import enable_compilation_cache as e; print(e())"
+    code = "from sam_jax.runtime.compile_cache import enable_compilation_cache as e; print(e())"
     env = dict(os.environ, SAM_JAX_CACHE_DIR=str(tmp_path / "cc"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == str(tmp_path / "cc") and (tmp_path / "cc").is_dir()

@@ -15,7 +15,7 @@ import skimage.data
 import torch
 from segment_anything import SamPredictor as RefPredictor
 
-from sam_jax.predictor import SamPredictor
+from sam_jax.predictors.sam import SamPredictor
 
 from conftest import fixture_model, max_abs
 from reference_model import build_reference

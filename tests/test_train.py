@@ -19,10 +19,11 @@ from flax import nnx
 from PIL import Image
 
 from sam_jax import cli as sam_cli
-from sam_jax import inference, sharding
+from sam_jax import inference
 from sam_jax.build import build_sam, load_sam
 from sam_jax.data.pipeline import PipelineConfig, examples
 from sam_jax.data.synthetic import ShapesConfig, shapes_example
+from sam_jax.runtime import sharding
 from sam_jax.train import cli as train_cli
 from sam_jax.train import loop, presets
 from sam_jax.train.loop import CHECKPOINT_DIR, METRICS_FILE, TrainConfig, embed_examples, train
@@ -175,8 +176,8 @@ def test_cached_embeddings_and_bf16_compute_give_the_same_loss(tiny_model, tiny_
     ds = examples(tiny_set, pcfg)
     images = {k: np.stack([ds[i][k] for i in range(2)]) for k in ds[0]}
     cached = embed_examples(tiny_model, ds, 2, sharding.data_mesh())
-    embedded = {k: np.stack([ex[k] for ex in cached]) for k in cached[0]}
-    assert "image" not in embedded and embedded["embedding"].shape == (2, 10, 10, 32)
+    embedded = jax.tree.map(lambda *x: np.stack(x), *cached)
+    assert "image" not in embedded and embedded["features"]["image_embed"].shape == (2, 10, 10, 32)
     graphdef, state = init_state(tiny_model, "decoder", make_optimizer(OptimizerConfig(), 10), 0)
     loss = jax.jit(compute_loss, static_argnums=(2, 3))
     key = jax.random.key(0)
@@ -290,7 +291,7 @@ import json
 import jax
 import numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
-from sam_jax import sharding
+from sam_jax.runtime import sharding
 from sam_jax.build import build_sam
 from sam_jax.data.pipeline import PipelineConfig, examples
 from sam_jax.data.sources import SyntheticShapes

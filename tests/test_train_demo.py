@@ -9,8 +9,8 @@ import numpy as np
 
 from sam_jax.assets import demo_checkpoint_dir
 from sam_jax.build import load_sam
-from sam_jax.config import get_config
-from sam_jax.predictor import SamPredictor
+from sam_jax.models.sam.config import get_config
+from sam_jax.predictors.sam import SamPredictor
 from sam_jax.train import cli as train_cli
 from sam_jax.train import presets
 from sam_jax.train.evaluate import evaluate, object_prompts

@@ -17,19 +17,28 @@ DESCRIPTION = (
     "writes, per image, a folder of PNG masks with metadata.csv or, with --convert-to-rle, one COCO-RLE "
     "JSON. Finished images are skipped on restart. Under jax.distributed each process takes its share."
 )
-# AMG settings: flag name -> (type, help). Unset flags keep the generator's defaults, as in the reference.
-AMG_SETTINGS: dict[str, tuple[type, str]] = {
-    "points_per_side": (int, "Sample a grid with this many points to a side."),
-    "points_per_batch": (int, "Points decoded at once per device."),
-    "pred_iou_thresh": (float, "Exclude masks whose predicted IoU is not above this."),
-    "stability_score_thresh": (float, "Exclude masks with a stability score below this."),
-    "stability_score_offset": (float, "Logit offset used to measure the stability score."),
-    "box_nms_thresh": (float, "Box IoU above which a duplicate mask is removed."),
-    "crop_n_layers": (int, "If > 0, also generate on this many layers of image crops."),
-    "crop_nms_thresh": (float, "Box IoU above which a duplicate mask across crops is removed."),
-    "crop_overlap_ratio": (float, "Fraction of the image by which first-layer crops overlap."),
-    "crop_n_points_downscale_factor": (int, "Points per side are divided by this per crop layer."),
-    "min_mask_region_area": (int, "Remove holes and islands smaller than this many pixels."),
+EPILOG = (
+    "Exit status: 0 when every input image was processed (or was already done); 1 when some input could "
+    "not be read as an image (not an image, truncated or corrupt): every other image is still processed, "
+    "the unreadable ones are named in the final line 'written N, already done M, unreadable K: PATHS' and "
+    "retried by the next run; 2 for bad options or settings; 130 when interrupted (Ctrl-C): finished images "
+    "are kept and running the same command again resumes with the rest."
+)
+# AMG settings: flag name -> (type, the generator's default, help). Unset flags keep the generator's
+# defaults, as in the reference; the defaults are repeated here for --help (a test checks they agree),
+# because importing the generator (and JAX) would make `sam-jax --help` slow.
+AMG_SETTINGS: dict[str, tuple[type, int | float, str]] = {
+    "points_per_side": (int, 32, "Sample a grid with this many points to a side (>= 1)."),
+    "points_per_batch": (int, 64, "Points decoded at once per device (>= 1)."),
+    "pred_iou_thresh": (float, 0.88, "Exclude masks whose predicted IoU is not above this, in [0, 1] (0: off)."),
+    "stability_score_thresh": (float, 0.95, "Exclude masks with a stability score below this, in [0, 1] (0: off)."),
+    "stability_score_offset": (float, 1.0, "Logit offset used to measure the stability score (>= 0)."),
+    "box_nms_thresh": (float, 0.7, "Box IoU above which a duplicate mask is removed, in [0, 1]."),
+    "crop_n_layers": (int, 0, "If > 0, also generate on this many layers of image crops."),
+    "crop_nms_thresh": (float, 0.7, "Box IoU above which a duplicate mask across crops is removed, in [0, 1]."),
+    "crop_overlap_ratio": (float, 512 / 1500, "Fraction of the image by which first-layer crops overlap, in [0, 1)."),
+    "crop_n_points_downscale_factor": (int, 1, "Points per side are divided by this per crop layer (>= 1)."),
+    "min_mask_region_area": (int, 0, "Remove holes and islands smaller than this many pixels (0: off)."),
 }
 
 
@@ -52,10 +61,11 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--overlay", action="store_true", help="Also write <name>.overlay.png with the masks drawn.")
     parser.add_argument("--batch-size", type=int, default=None, help="Images per batch (default: local devices).")
-    parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+    parser.add_argument("--quiet", action="store_true", help="No progress bar and no information lines.")
     amg = parser.add_argument_group("AMG Settings")
-    for name, (kind, text) in AMG_SETTINGS.items():
-        amg.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=text)
+    for name, (kind, default, text) in AMG_SETTINGS.items():
+        shown = f"{default:.4g}" if isinstance(default, float) else default
+        amg.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=f"{text} (default: {shown})")
     dist = parser.add_argument_group("Multi-process (jax.distributed)")
     dist.add_argument(
         "--distributed",
@@ -63,15 +73,23 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="Call jax.distributed.initialize() (arguments below, or auto-detected on clusters).",
     )
     dist.add_argument("--coordinator-address", default=None, help="host:port of process 0.")
-    dist.add_argument("--num-processes", type=int, default=None)
-    dist.add_argument("--process-id", type=int, default=None)
+    dist.add_argument("--num-processes", type=int, default=None, help="Processes in the run (default: detected).")
+    dist.add_argument("--process-id", type=int, default=None, help="This process's index (default: detected).")
     return parser
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``amg`` on a ``sam-jax`` subcommand parser; its ``run`` default is :func:`run`
     (``sam_jax.cli.main`` calls ``args.run(args)``)."""
-    parser = subparsers.add_parser("amg", help="Automatic mask generation over images.", description=DESCRIPTION)
+    from sam_jax.cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "amg",
+        help="Automatic mask generation over images.",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
     build_parser(parser)
     parser.set_defaults(run=run)
     return parser
@@ -83,7 +101,9 @@ def amg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``sam-jax amg``. Returns the exit status (0, or 1 when some images could not be read)."""
+    """Run ``sam-jax amg``. Returns the exit status: 0, or 1 when some images could not be read (see
+    :data:`EPILOG`). Bad settings raise ``ValueError`` (printed by ``sam_jax.cli.main`` as one line,
+    status 2); Ctrl-C raises :class:`sam_jax.amg.dataset.Interrupted`, whose message says what was done."""
     import jax
 
     if args.distributed or args.coordinator_address is not None:
@@ -92,13 +112,17 @@ def run(args: argparse.Namespace) -> int:
             num_processes=args.num_processes,
             process_id=args.process_id,
         )
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     from sam_jax.amg.dataset import list_jobs, run_jobs, shard
     from sam_jax.amg.generator import SamAutomaticMaskGenerator
     from sam_jax.build import load_sam, sam_model_registry
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("sam_jax.amg")
-    log.setLevel(logging.INFO)  # basicConfig is a no-op when a library configured logging first
+    # basicConfig is a no-op when a library configured logging first. --quiet: warnings only (the
+    # unreadable files and, when there are any, the summary naming them).
+    log.setLevel(logging.WARNING if args.quiet else logging.INFO)
     jobs = shard(list_jobs(args.input, args.output), jax.process_index(), jax.process_count())
     devices = jax.local_devices(backend=args.device)
     if args.checkpoint is None:
@@ -110,8 +134,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.model_type in sam_model_registry:
         model = sam_model_registry[args.model_type](args.checkpoint)
     else:
-        raise SystemExit(f"--model-type must be one of {sorted(sam_model_registry)}, got {args.model_type!r}")
+        raise ValueError(f"--model-type must be one of {sorted(sam_model_registry)}, got {args.model_type!r}")
     rle = args.convert_to_rle
+    # Settings are checked (ValueError naming the bad one) before anything is read or written.
     generator = SamAutomaticMaskGenerator(
         model, output_mode="coco_rle" if rle else "binary_mask", devices=devices, **amg_kwargs(args)
     )
@@ -131,19 +156,20 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or len(devices),
         progress=not args.quiet,
     )
-    log.info(
-        "written %d, already done %d, unreadable %d",
-        len(summary.written),
-        len(summary.skipped),
-        len(summary.failed),
-    )
+    # Unreadable inputs are a failure of the run (status 1), reported after everything else was done.
+    log.log(logging.WARNING if summary.failed else logging.INFO, "%s", summary.line())
     return 1 if summary.failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry point: ``python -m sam_jax.amg.cli``."""
-    parser = build_parser(argparse.ArgumentParser(prog="sam-jax amg", description=DESCRIPTION))
-    return run(parser.parse_args(argv))
+    from sam_jax.cli import HelpFormatter, run_command
+
+    parser = argparse.ArgumentParser(
+        prog="sam-jax amg", description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter
+    )
+    build_parser(parser)
+    return run_command("amg", run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

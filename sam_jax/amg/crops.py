@@ -11,6 +11,8 @@ import numpy as np
 
 def build_point_grid(n_per_side: int) -> np.ndarray:
     """``(n_per_side**2, 2)`` xy points evenly spaced in ``[0, 1]^2``, x fastest."""
+    if n_per_side < 1:  # 1 / (2 * 0) would fail with a bare ZeroDivisionError
+        raise ValueError(f"points per side must be >= 1, got {n_per_side}")
     offset = 1 / (2 * n_per_side)
     side = np.linspace(offset, 1 - offset, n_per_side)
     xs = np.tile(side[None, :], (n_per_side, 1))
@@ -19,8 +21,18 @@ def build_point_grid(n_per_side: int) -> np.ndarray:
 
 
 def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> list[np.ndarray]:
-    """One grid per crop layer ``0..n_layers``; layer ``i`` has ``int(n_per_side / scale**i)`` points a side."""
-    return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
+    """One grid per crop layer ``0..n_layers``; layer ``i`` has ``int(n_per_side / scale**i)`` points a side.
+
+    Raises ``ValueError`` when a layer would get no points (too few points for the layers and
+    downscale factor), naming the three settings."""
+    sides = [int(n_per_side / (scale_per_layer**i)) for i in range(n_layers + 1)]
+    if min(sides) < 1:
+        raise ValueError(
+            f"points_per_side {n_per_side} leaves no points on crop layer {sides.index(min(sides))} with "
+            f"crop_n_layers {n_layers} and crop_n_points_downscale_factor {scale_per_layer}: it must be >= "
+            f"{scale_per_layer**n_layers}"
+        )
+    return [build_point_grid(side) for side in sides]
 
 
 def generate_crop_boxes(

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from sam_jax.amg.rle import coco_rle_to_mask
-from sam_jax.segment import write_png
+from sam_jax.io import read_image, write_atomic, write_png
 from sam_jax.visualize import overlay
 
 logger = logging.getLogger("sam_jax.amg")
@@ -85,33 +85,10 @@ def shard(jobs: Sequence[Job], process_index: int, process_count: int) -> list[J
     return list(jobs[process_index::process_count])
 
 
-def read_image(path: Path) -> np.ndarray | None:
-    """``(H, W, 3)`` uint8 RGB as the reference's ``scripts/amg.py`` reads it (OpenCV, which applies
-    EXIF rotation, unlike Pillow), or None."""
-    import cv2
-
-    try:
-        image = cv2.imread(str(path))
-    except cv2.error:
-        return None
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def _replace_atomically(tmp: Path, final: Path) -> None:
     if final.is_dir():
         shutil.rmtree(final)
     os.replace(tmp, final)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + PARTIAL)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    _replace_atomically(tmp, path)
 
 
 def metadata_row(i: int, record: dict[str, Any]) -> str:
@@ -150,6 +127,10 @@ def overlay_records(image: np.ndarray, records: list[dict[str, Any]]) -> np.ndar
     return overlay(image, np.stack(masks) if masks else np.zeros((0, *image.shape[:2]), bool))
 
 
+# Unreadable inputs named in a summary line; the rest are counted ("and N more").
+SUMMARY_PATHS = 3
+
+
 @dataclass
 class Summary:
     """What a :func:`run_jobs` call did, by source path."""
@@ -157,6 +138,30 @@ class Summary:
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[Path] = field(default_factory=list)
+
+    def line(self) -> str:
+        """``written N, already done M, unreadable K: <first few unreadable paths>``, as ``sam-jax
+        amg`` and ``examples/amg_folder.py`` print it."""
+        text = f"written {len(self.written)}, already done {len(self.skipped)}, unreadable {len(self.failed)}"
+        if self.failed:
+            text += ": " + ", ".join(str(p) for p in self.failed[:SUMMARY_PATHS])
+            if len(self.failed) > SUMMARY_PATHS:
+                text += f" and {len(self.failed) - SUMMARY_PATHS} more"
+        return text
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_jobs`. ``summary`` is what was done before it: finished images keep
+    their outputs (written atomically, so none is partial), and running again resumes with the rest.
+    Its message says so in one line, which ``sam-jax amg`` prints instead of a traceback."""
+
+    def __init__(self, summary: Summary, total: int) -> None:
+        left = total - len(summary.written) - len(summary.skipped) - len(summary.failed)
+        super().__init__(
+            f"{len(summary.written)} images written, {len(summary.skipped)} already done, {left} not done; "
+            "run the same command again to resume"
+        )
+        self.summary = summary
 
 
 def run_jobs(
@@ -171,8 +176,10 @@ def run_jobs(
     """Generate and write masks for ``jobs`` not already done, ``batch_size`` images at a time.
 
     ``generate_batch`` is :meth:`SamAutomaticMaskGenerator.generate_batch`, built with
-    ``output_mode="coco_rle"`` when ``rle`` else ``"binary_mask"``. Unreadable images are logged
-    and skipped; they are retried by the next run.
+    ``output_mode="coco_rle"`` when ``rle`` else ``"binary_mask"``. Unreadable images (not an image,
+    truncated or corrupt) are logged, skipped and listed in ``Summary.failed``; the next run retries
+    them. ``progress`` shows a bar on stderr (updated lines when stderr is not a terminal).
+    Ctrl-C raises :class:`Interrupted`, which carries the summary so far.
     """
     from tqdm import tqdm
 
@@ -180,13 +187,34 @@ def run_jobs(
     todo = []
     for job in jobs:
         (summary.skipped if job.output(rle).exists() else todo).append(job)
+    # The bar is closed (its line ended) on the way out, so an interruption message starts a line.
     bar = tqdm(total=len(jobs), initial=len(summary.skipped), disable=not progress, unit="img", desc="amg")
+    try:
+        with bar:
+            _run_todo(generate_batch, todo, summary, bar, rle=rle, write_overlay=write_overlay, batch_size=batch_size)
+    except KeyboardInterrupt:
+        raise Interrupted(summary, len(jobs)) from None
+    return summary
+
+
+def _run_todo(
+    generate_batch: Callable[[list[np.ndarray]], list[list[dict[str, Any]]]],
+    todo: list[Job],
+    summary: Summary,
+    bar: Any,
+    *,
+    rle: bool,
+    write_overlay: bool,
+    batch_size: int,
+) -> None:
+    """The body of :func:`run_jobs`: read, generate and write ``todo``, recording into ``summary``."""
     for start in range(0, len(todo), batch_size):
         batch = []
         for job in todo[start : start + batch_size]:
-            image = read_image(job.source)
-            if image is None:
-                logger.warning("could not read %s as an image, skipping", job.source)
+            try:
+                image = read_image(job.source)
+            except ValueError as e:  # not an image, truncated or corrupt (see sam_jax.io)
+                logger.warning("could not read %s as an image, skipping it (%s)", job.source, e)
                 summary.failed.append(job.source)
                 bar.update()
             else:
@@ -204,5 +232,3 @@ def run_jobs(
                 write_mask_folder(records, job.output(rle))
             summary.written.append(job.source)
             bar.update()
-    bar.close()
-    return summary

@@ -25,18 +25,23 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Bool, Float, Int
 
-from sam_jax import inference
 from sam_jax.amg import ops
 from sam_jax.amg.crops import build_all_layer_point_grids, generate_crop_boxes
 from sam_jax.amg.regions import clean_mask
 from sam_jax.amg.rle import area_from_rle, coco_encode_rle, mask_to_rle, paste
-from sam_jax.images import as_rgb_uint8
-from sam_jax.modeling.sam import Sam, band, postprocess_matrices
-from sam_jax.sharding import DATA_AXIS, batch_sharding, data_mesh, replicated
-from sam_jax.transforms import apply_coords, preprocess_shape, resize_image
+from sam_jax.core.decode import GraphDef, Params, attend, in_chunks, split
+from sam_jax.core.image import Features, canvas_batch, dense_pe, encode
+from sam_jax.core.prompts import Prompts, drop_absent, make_prompts, pow2_at_least
+from sam_jax.core.resize import Resize, inside, resize
+from sam_jax.core.transforms import apply_coords
+from sam_jax.io import as_rgb_uint8
+from sam_jax.models.sam.model import Sam
+from sam_jax.ops.policy import ExecutionPolicy
+from sam_jax.runtime.sharding import DATA_AXIS, batch_sharding, data_mesh, replicated
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 # Crop canvases are padded up to a multiple of this many pixels, so image sizes share programs.
@@ -61,17 +66,54 @@ def _per_device_map(mesh: Mesh, fn, xs: jax.Array, *shared):
     return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(DATA_AXIS))(xs, *shared)
 
 
-def score_points(
-    graphdef: inference.GraphDef,
+def _decode_needed(
+    graphdef: GraphDef,
     mesh: Mesh,
-    prompt_chunk: int | None,
-    params: inference.Params,
-    embedding: Float[Array, "g g D"],
+    policy: ExecutionPolicy,
+    params: Params,
+    features: Features,
     image_pe: Float[Array, "g g D"],
-    template: inference.Prompts,
+    prompts: Prompts,
+    iou_floor: Float[Array, ""],
+) -> tuple[Float[Array, "P 3 m m"], Float[Array, "P 3"]]:
+    """Multimask logits and IoU predictions of ``P`` point prompts, the logits computed only where
+    a mask can pass the IoU filter that follows (``iou > iou_floor``; others are left at zero).
+
+    Upscaling is half the decoder's work. On a blocked (CPU) policy the decision is per prompt,
+    each device upscaling its prompts one at a time (a batch of upscalings gains nothing there);
+    elsewhere once per step of prompts.
+    """
+    model = nnx.merge(graphdef, params)
+    decoder = model.mask_decoder
+    masks = lambda t, im: decoder.predict_masks(t, im)[:, 1:]
+
+    def step(pr: Prompts) -> tuple[jax.Array, jax.Array]:
+        tokens, image = attend(model, features, pr, image_pe)
+        iou = decoder.predict_iou(tokens)[:, 1:]
+        needed = jnp.any(iou > iou_floor, axis=1)
+        # zeros_like keeps the image's type under shard_map (varying over the mesh), as cond needs.
+        empty = lambda t, im: jnp.zeros_like(im, jnp.float32, jax.eval_shape(masks, t, im).shape)
+        if not policy.blocked:
+            return jax.lax.cond(jnp.any(needed), masks, empty, tokens, image), iou
+        one = lambda x: jax.lax.cond(x[2], masks, empty, x[0][None], x[1][None])[0]
+        per_device = lambda t, im, nd: jax.lax.map(one, (t, im, nd))
+        spec = PartitionSpec(DATA_AXIS)
+        return jax.shard_map(per_device, mesh=mesh, in_specs=spec, out_specs=spec)(tokens, image, needed), iou
+
+    return in_chunks(step, prompts, policy.prompt_chunk(prompts.coords.shape[0]))
+
+
+def score_points(
+    graphdef: GraphDef,
+    mesh: Mesh,
+    policy: ExecutionPolicy,
+    params: Params,
+    features: Features,
+    image_pe: Float[Array, "g g D"],
+    template: Prompts,
     points: Float[Array, "S 2"],
     valid: Bool[Array, " S"],
-    up: ops.Upscale,
+    up: Resize,
     crop_box: Int[Array, " 4"],
     image_size: Int[Array, " 2"],
     thr: ops.Thresholds,
@@ -86,21 +128,17 @@ def score_points(
     """
     prompts = template._replace(coords=template.coords.at[:, 0].set(points))
     # Masks that fail the predicted-IoU filter are never used: the decoder skips upscaling for
-    # prompts all of whose masks fail it (per prompt on CPU, per step elsewhere), and the
-    # statistics below skip each failing mask.
+    # prompts all of whose masks fail it, and the statistics below skip each failing mask.
     iou_floor = jnp.where(thr.use_pred_iou, thr.pred_iou, -jnp.inf)
-    skip_mesh = mesh if mesh.devices.flat[0].platform == "cpu" else None
-    low, iou = inference.decode(
-        graphdef, params, embedding, prompts, True, image_pe, prompt_chunk, iou_floor, skip_mesh
-    )
+    low, iou = _decode_needed(graphdef, mesh, policy, params, features, image_pe, prompts, iou_floor)
     c = low.shape[1]
     low = low.reshape(-1, *low.shape[2:])
     iou = iou.reshape(-1)
     keep = jnp.repeat(valid, c) & (iou > iou_floor)
 
-    def mask_stats(x_needed: tuple[jax.Array, jax.Array], u: ops.Upscale, t: ops.Thresholds) -> ops.MaskStats:
+    def mask_stats(x_needed: tuple[jax.Array, jax.Array], u: Resize, t: ops.Thresholds) -> ops.MaskStats:
         x, needed = x_needed
-        compute = lambda x: ops.mask_stats(ops.upscale(x, u), ops.inside(u), t)
+        compute = lambda x: ops.mask_stats(resize(x, u), inside(u), t)
         # zeros_like(x, ...) keeps x's type under shard_map (varying over the mesh), as cond needs.
         skip = lambda x: jax.tree.map(lambda a: jnp.zeros_like(x, a.dtype, a.shape), jax.eval_shape(compute, x))
         return jax.lax.cond(needed, compute, skip, x)
@@ -115,12 +153,11 @@ def score_points(
 
 
 @functools.lru_cache(maxsize=8)
-def jitted_score_points(graphdef: inference.GraphDef, mesh: Mesh, prompt_chunk: int | None):
-    """:func:`score_points` jitted with ``graphdef``, ``mesh`` and ``prompt_chunk`` (see
-    :func:`sam_jax.inference.prompt_chunk`) bound, one per model, mesh and batch so generators
-    share compiled programs (a static graphdef would be re-hashed on every call, which costs
-    milliseconds)."""
-    return jax.jit(functools.partial(score_points, graphdef, mesh, prompt_chunk))
+def jitted_score_points(graphdef: GraphDef, mesh: Mesh, policy: ExecutionPolicy):
+    """:func:`score_points` jitted with ``graphdef``, ``mesh`` and ``policy`` bound, one per model
+    and mesh so generators share compiled programs (a static graphdef would be re-hashed on every
+    call, which costs milliseconds)."""
+    return jax.jit(functools.partial(score_points, graphdef, mesh, policy))
 
 
 @jax.jit
@@ -142,12 +179,12 @@ def ranked_nms(
 
 @functools.partial(jax.jit, static_argnums=0)
 def render_masks(
-    mesh: Mesh, low: Float[Array, "K m m"], up: ops.Upscale, mask_threshold: Float[Array, ""]
+    mesh: Mesh, low: Float[Array, "K m m"], up: Resize, mask_threshold: Float[Array, ""]
 ) -> Int[Array, "K Hb Wb8"]:
     """Binary masks on the canvas, bit-packed along rows (``np.unpackbits(..., axis=-1)``)."""
 
-    def render(x: jax.Array, u: ops.Upscale, t: jax.Array) -> jax.Array:
-        return jnp.packbits((ops.upscale(x, u) > t) & ops.inside(u), axis=-1)
+    def render(x: jax.Array, u: Resize, t: jax.Array) -> jax.Array:
+        return jnp.packbits((resize(x, u) > t) & inside(u), axis=-1)
 
     return _per_device_map(mesh, render, low, up, mask_threshold)
 
@@ -173,17 +210,13 @@ def _bucket(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _pow2_at_least(n: int, floor: int) -> int:
-    return max(floor, 1 << max(n - 1, 0).bit_length())
-
-
 @dataclasses.dataclass
 class _Crop:
     """One crop of one image while it is processed."""
 
     box: list[int]
     points: np.ndarray  # (n, 2) float64, crop frame
-    up: ops.Upscale
+    up: Resize
     # Filled by _score_crop, one entry per kept mask in within-crop NMS order:
     iou: np.ndarray | None = None
     stability: np.ndarray | None = None
@@ -234,8 +267,31 @@ class SamAutomaticMaskGenerator:
             raise ValueError("exactly one of points_per_side or point_grids must be given")
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
-        if points_per_batch < 1:
-            raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
+        # Bad settings fail here, naming the parameter, its range and the value, rather than deep
+        # inside the grid or NMS code (points_per_side=0 used to end in a ZeroDivisionError).
+        # name: (value, low, high or None, integer?, expected); crop_overlap_ratio excludes 1.
+        settings = {
+            "points_per_side": (points_per_side, 1, None, True, "an integer >= 1"),
+            "points_per_batch": (points_per_batch, 1, None, True, "an integer >= 1"),
+            "pred_iou_thresh": (pred_iou_thresh, 0, 1, False, "in [0, 1]"),
+            "stability_score_thresh": (stability_score_thresh, 0, 1, False, "in [0, 1]"),
+            "stability_score_offset": (stability_score_offset, 0, None, False, "a number >= 0"),
+            "box_nms_thresh": (box_nms_thresh, 0, 1, False, "in [0, 1]"),
+            "crop_n_layers": (crop_n_layers, 0, None, True, "an integer >= 0"),
+            "crop_nms_thresh": (crop_nms_thresh, 0, 1, False, "in [0, 1]"),
+            "crop_overlap_ratio": (crop_overlap_ratio, 0, 1, False, "in [0, 1)"),
+            "crop_n_points_downscale_factor": (crop_n_points_downscale_factor, 1, None, True, "an integer >= 1"),
+            "min_mask_region_area": (min_mask_region_area, 0, None, True, "an integer >= 0"),
+        }
+        for name, (value, low, high, integral, expected) in settings.items():
+            if value is None and name == "points_per_side":  # point_grids given instead
+                continue
+            ok = isinstance(value, (int, np.integer) if integral else (int, float, np.integer, np.floating))
+            ok = ok and not isinstance(value, bool) and bool(np.isfinite(value)) and value >= low
+            if ok and high is not None:
+                ok = value < high if name == "crop_overlap_ratio" else value <= high
+            if not ok:
+                raise ValueError(f"{name} must be {expected}, got {value!r}")
         if points_per_side is not None:
             point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
         if len(point_grids) < crop_n_layers + 1:
@@ -257,10 +313,10 @@ class SamAutomaticMaskGenerator:
         self.mesh = data_mesh(None if devices is None else tuple(devices))
         self._data = batch_sharding(self.mesh)
         self._replicated = replicated(self.mesh)
-        graphdef, params = inference.split(model)
+        graphdef, params = split(model)
         self._graphdef = graphdef
         self._params = jax.device_put(params, self._replicated)
-        self._image_pe = inference.dense_pe(graphdef, self._params)
+        self._image_pe = dense_pe(graphdef, self._params)
         cfg = model.config
         self._img_size = cfg.img_size
         self._low_res = cfg.prompt_encoder.mask_input_size
@@ -268,9 +324,9 @@ class SamAutomaticMaskGenerator:
             cfg.mask_threshold, pred_iou_thresh, stability_score_thresh, stability_score_offset
         )
         self._step = self.mesh.size * points_per_batch
-        self._platform = self.mesh.devices.flat[0].platform
-        self._upscales: dict[tuple[int, int], ops.Upscale] = {}
-        self._templates: dict[int, inference.Prompts] = {}
+        self._policy = ExecutionPolicy.for_mesh(self.mesh)
+        self._upscales: dict[tuple[int, int], Resize] = {}
+        self._templates: dict[int, Prompts] = {}
 
     def _step_sizes(self, n: int) -> list[int]:
         """Points per step for ``n`` points: full steps, then the rest padded to a power of two
@@ -279,17 +335,16 @@ class SamAutomaticMaskGenerator:
         rest = n - sum(sizes)
         if rest or not sizes:
             d = self.mesh.size
-            sizes.append(min(self._step, -(-_pow2_at_least(rest, 1) // d) * d))
+            sizes.append(min(self._step, -(-pow2_at_least(rest) // d) * d))
         return sizes
 
     def _scorer(self, size: int):
         """The jitted :func:`score_points` and the prompt template for steps of ``size`` points."""
         if size not in self._templates:
             coords, labels = np.zeros((size, 1, 2), np.float32), np.ones((size, 1), np.int32)
-            prompts = inference.make_prompts(coords, labels, None, None, num_prompts=size, mask_size=self._low_res)
-            self._templates[size] = jax.device_put(inference.drop_absent(prompts), self._data)
-        chunk = inference.prompt_chunk(size, self.mesh.size, self._platform)
-        return jitted_score_points(self._graphdef, self.mesh, chunk), self._templates[size]
+            prompts = make_prompts(coords, labels, None, None, num_prompts=size, mask_size=self._low_res)
+            self._templates[size] = jax.device_put(drop_absent(prompts), self._data)
+        return jitted_score_points(self._graphdef, self.mesh, self._policy), self._templates[size]
 
     # ----------------------------------------------------------------------------------- public
 
@@ -324,45 +379,41 @@ class SamAutomaticMaskGenerator:
     def _crop_boxes(self, size: tuple[int, int]) -> tuple[list[list[int]], list[int]]:
         return generate_crop_boxes(size, self.crop_n_layers, self.crop_overlap_ratio)
 
-    def _encode(self, images: list[np.ndarray]) -> list[list[jax.Array]]:
-        """Embeddings ``(g, g, D)`` of every crop of every image, encoded ``devices`` at a time."""
+    def _encode(self, images: list[np.ndarray]) -> list[list[Features]]:
+        """Features (no batch axis) of every crop of every image, encoded ``devices`` at a time."""
         s, d = self._img_size, self.mesh.size
         crops = []
         for im in images:
             boxes, _ = self._crop_boxes(im.shape[:2])
-            crops.append([resize_image(im[y0:y1, x0:x1], s) for x0, y0, x1, y1 in boxes])
+            crops.append([im[y0:y1, x0:x1] for x0, y0, x1, y1 in boxes])
         flat = [c for cs in crops for c in cs]
         out = []
         for start in range(0, len(flat), d):
             chunk = flat[start : start + d]
-            batch = np.zeros((d, s, s, 3), np.uint8)
-            sizes = np.full((d, 2), s, np.int32)
-            for j, c in enumerate(chunk):
-                batch[j, : c.shape[0], : c.shape[1]] = c
-                sizes[j] = c.shape[:2]
-            emb = inference.encode_images(
-                self._graphdef, self._params, jax.device_put(batch, self._data), jax.device_put(sizes, self._data)
+            batch, sizes = canvas_batch(chunk, s, d)
+            feats = encode(
+                self._graphdef,
+                self._params,
+                jax.device_put(batch, self._data),
+                jax.device_put(sizes, self._data),
+                self._policy,
             )
-            emb = jax.device_put(emb, self._replicated)
-            out.extend(emb[j] for j in range(len(chunk)))
+            feats = jax.device_put(feats, self._replicated)
+            out.extend(jax.tree.map(lambda x, j=j: x[j], feats) for j in range(len(chunk)))
         it = iter(out)
         return [[next(it) for _ in cs] for cs in crops]
 
-    def _upscale(self, h: int, w: int) -> ops.Upscale:
+    def _upscale(self, h: int, w: int) -> Resize:
         """Banded resize to an ``h x w`` crop on its canvas bucket (cached, on the mesh)."""
         if (h, w) not in self._upscales:
             self._upscales[(h, w)] = self._make_upscale(h, w)
         return self._upscales[(h, w)]
 
-    def _make_upscale(self, h: int, w: int) -> ops.Upscale:
-        input_size = preprocess_shape(h, w, self._img_size)
-        rows, cols = postprocess_matrices(self._low_res, self._img_size, input_size, (h, w))
-        hb, wb = _bucket(h, CANVAS_MULTIPLE), _bucket(w, CANVAS_MULTIPLE)
-        rs, rw = band(rows, hb)
-        cs, cw = band(cols, wb)
-        return jax.device_put(ops.Upscale(rs, rw, cs, cw, np.array([h, w], np.int32)), self._replicated)
+    def _make_upscale(self, h: int, w: int) -> Resize:
+        canvas = (_bucket(h, CANVAS_MULTIPLE), _bucket(w, CANVAS_MULTIPLE))
+        return jax.device_put(Resize.make(self._low_res, self._img_size, (h, w), canvas), self._replicated)
 
-    def _score_crop(self, crop: _Crop, embedding: jax.Array, image_size: tuple[int, int]) -> None:
+    def _score_crop(self, crop: _Crop, features: Features, image_size: tuple[int, int]) -> None:
         """Score every grid point of the crop, keep the survivors of its NMS (one host read)."""
         h, w = crop.box[3] - crop.box[1], crop.box[2] - crop.box[0]
         model_points = apply_coords(crop.points, (h, w), self._img_size)
@@ -378,7 +429,7 @@ class SamAutomaticMaskGenerator:
             sl = slice(start, start + step)
             low, cand = score(
                 self._params,
-                embedding,
+                features,
                 self._image_pe,
                 template,
                 jax.device_put(padded[sl], self._data),
@@ -402,11 +453,11 @@ class SamAutomaticMaskGenerator:
     def _gather(self, lows: list[jax.Array], idx: np.ndarray) -> jax.Array:
         """Low-res logits of candidates ``idx`` (indices over the concatenated steps), padded to a
         power of two (at least one per device) and sharded over the mesh."""
-        padded = np.zeros(_pow2_at_least(len(idx), self.mesh.size), np.int32)
+        padded = np.zeros(pow2_at_least(len(idx), self.mesh.size), np.int32)
         padded[: len(idx)] = idx
         return jax.device_put(gather_rows(tuple(lows), padded), self._data)
 
-    def _device_stage(self, image: np.ndarray, embeddings: list[jax.Array]) -> _Pending:
+    def _device_stage(self, image: np.ndarray, embeddings: list[Features]) -> _Pending:
         """Everything up to the final masks, which are left rendering on the device."""
         size = image.shape[:2]
         boxes, layers = self._crop_boxes(size)
@@ -435,7 +486,7 @@ class SamAutomaticMaskGenerator:
         boxes = np.concatenate([c.boxes for c in crops]).astype(np.int32)
         area = np.array([(crops[c].box[2] - crops[c].box[0]) * (crops[c].box[3] - crops[c].box[1]) for c, _ in picks])
         score = np.float32(1) / area.astype(np.float32)
-        n = _pow2_at_least(len(picks), 1)
+        n = pow2_at_least(len(picks))
         keys = np.zeros((2, n), np.float32)
         keys[0, : len(picks)] = -score
         keys[1, : len(picks)] = np.arange(len(picks))
@@ -496,7 +547,7 @@ class SamAutomaticMaskGenerator:
     ) -> tuple[Iterator[np.ndarray], list[np.ndarray], list]:
         """The reference's ``postprocess_small_regions``: clean every mask, then NMS preferring
         unchanged masks; cleaned masks that survive get their new box."""
-        n = _pow2_at_least(len(boxes), 1)
+        n = pow2_at_least(len(boxes))
         rows = np.zeros((n, size[0]), bool)
         cols = np.zeros((n, size[1]), bool)
         cleaned, changed = [], []

@@ -1,5 +1,5 @@
-"""Jittable pieces of automatic mask generation: mask upscaling, stability score, boxes,
-crop-edge rejection and a fixed-size greedy NMS.
+"""Jittable pieces of automatic mask generation: stability score, boxes, crop-edge rejection and a
+fixed-size greedy NMS (masks are resized with :mod:`sam_jax.core.resize`).
 
 Every function has static shapes and works unchanged under ``jit`` and sharding. Each mirrors one
 helper of the reference's ``segment_anything/utils/amg.py`` (or torchvision's ``nms``) and says
@@ -15,42 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from sam_jax.modeling.sam import banded_resize
-
 # The reference's `is_box_near_crop_edge` tolerance, in pixels.
 CROP_EDGE_ATOL = 20.0
-
-
-class Upscale(NamedTuple):
-    """Banded bilinear resize from ``m x m`` low-res logits to a ``Hb x Wb`` canvas (a pytree).
-
-    Row ``i`` of the output reads low-res rows ``row_start[i] .. row_start[i] + K - 1`` with
-    ``row_weights[i]``; columns likewise. Only the top-left ``size = (h, w)`` of the canvas is
-    the image (or crop); the rest has zero weights and is masked out by :func:`inside`.
-    """
-
-    row_start: Int[Array, " Hb"]
-    row_weights: Float[Array, "Hb K"]
-    col_start: Int[Array, " Wb"]
-    col_weights: Float[Array, "Wb K"]
-    size: Int[Array, " 2"]
-
-
-def upscale(low_res: Float[Array, "m m"], up: Upscale) -> Float[Array, "Hb Wb"]:
-    """One mask's logits on the output canvas: the reference's ``postprocess_masks`` (bilinear,
-    ``align_corners=False``, no antialias) as :func:`~sam_jax.modeling.sam.banded_resize`.
-
-    Deliberately per mask with row gathers only: batched gathers get transposed layouts on
-    XLA:CPU that make the reductions of :func:`mask_stats` several times slower.
-    """
-    return banded_resize(low_res, up.row_start, up.row_weights, up.col_start, up.col_weights)
-
-
-def inside(up: Upscale) -> Bool[Array, "Hb Wb"]:
-    """Pixels of the canvas that belong to the image (or crop)."""
-    rows = jnp.arange(up.row_start.shape[0]) < up.size[0]
-    cols = jnp.arange(up.col_start.shape[0]) < up.size[1]
-    return rows[:, None] & cols[None, :]
 
 
 class Thresholds(NamedTuple):

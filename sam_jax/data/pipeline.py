@@ -17,8 +17,9 @@ import grain
 import numpy as np
 from PIL import Image
 
+from sam_jax.core.image import to_canvas
+from sam_jax.core.transforms import preprocess_shape
 from sam_jax.data.sources import Example
-from sam_jax.transforms import preprocess_shape, resize_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +63,7 @@ def resize_example(example: Example, img_size: int, mask_size: int) -> Example:
     bool (``S = img_size``, ``R = mask_size``).
     """
     image, masks = example["image"], example["masks"]
-    resized = resize_image(image, img_size)
-    h, w = resized.shape[:2]
-    padded = np.zeros((img_size, img_size, 3), np.uint8)
-    padded[:h, :w] = resized
+    padded, (h, w) = to_canvas(image, img_size)
     mh, mw = preprocess_shape(image.shape[0], image.shape[1], mask_size)
     out_masks = np.zeros((len(masks), mask_size, mask_size), bool)
     for i, m in enumerate(masks):
@@ -87,10 +85,10 @@ def pad_objects(example: Example, max_objects: int) -> Example:
 def to_model_input(example: Example, img_size: int, mask_size: int, max_objects: int) -> Example:
     """Resize and pad one example to the model's input frame (:func:`resize_example`), then pad its
     objects (:func:`pad_objects`). An example already in that frame (``input_size`` and an
-    ``embedding`` instead of the ``image``, see :func:`sam_jax.train.loop.embed_examples`) is
+    ``features`` instead of the ``image``, see :func:`sam_jax.train.loop.embed_examples`) is
     only padded.
 
-    Returns ``image`` (or ``embedding``), ``input_size`` ``(2,)`` int32, ``masks`` ``(K, R, R)``
+    Returns ``image`` (or ``features``), ``input_size`` ``(2,)`` int32, ``masks`` ``(K, R, R)``
     bool and ``mask_valid`` ``(K,)`` bool.
     """
     if "image" in example:

@@ -10,24 +10,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from sam_jax.data.synthetic import ShapesConfig, shapes_example
+from sam_jax.io import read_image, read_mask
 
 Example = dict[str, np.ndarray]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def _read_gray(path: Path) -> np.ndarray:
-    """A mask or label image as ``(H, W)`` (the first channel of a colour one)."""
-    with Image.open(path) as im:
-        array = np.asarray(im)
-    return array if array.ndim == 2 else array[..., 0]
 
 
 class SyntheticShapes:
@@ -76,13 +64,13 @@ class MaskFolder:
         return len(self.images)
 
     def __getitem__(self, index: int) -> Example:
-        image = _read_rgb(self.images[index])
+        image = read_image(self.images[index])
         path = self._mask_path(self.images[index])
         if path.is_dir():
-            masks = [_read_gray(p) > 0 for p in sorted(path.glob("*.png"))]
+            masks = [read_mask(p) > 0 for p in sorted(path.glob("*.png"))]
             masks = np.stack(masks) if masks else None
         else:
-            labels = _read_gray(path)
+            labels = read_mask(path)
             ids = np.unique(labels)
             masks = labels[None] == ids[ids != 0][:, None, None]
         if masks is None or masks.shape[1:] != image.shape[:2]:
@@ -112,7 +100,7 @@ class CocoInstances:
 
     def __getitem__(self, index: int) -> Example:
         info = self.coco.loadImgs(self.ids[index])[0]
-        image = _read_rgb(self.image_dir / info["file_name"])
+        image = read_image(self.image_dir / info["file_name"])
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=info["id"], iscrowd=False))
         masks = np.stack([self.coco.annToMask(a).astype(bool) for a in anns])
         return {"image": image, "masks": masks}

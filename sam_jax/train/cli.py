@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sam_jax.config import CONFIGS
+from sam_jax.models import registry
 from sam_jax.train.choices import MASK_LOSSES, SCHEDULES, TRAINABLE
 
 if TYPE_CHECKING:
@@ -35,8 +35,11 @@ def _add_data_arguments(parser: argparse.ArgumentParser, *, required: bool) -> N
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``sam-jax train``."""
+    from sam_jax.cli import HelpFormatter
+
     p = subparsers.add_parser(
         "train",
+        formatter_class=HelpFormatter,
         help="train or fine-tune SAM (resumable; data-parallel over all devices)",
         description=(
             "Train SAM from scratch or fine-tune a sam_jax checkpoint (MedSAM-style: decoder only by default) "
@@ -45,14 +48,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "newest checkpoint in WORKDIR. Reproduce the bundled demo model with: "
             "sam-jax train WORKDIR --preset demo --until 3000 --export DIR"
         ),
+        epilog=(
+            "Settings left unset take the preset's value with --preset, else the library's default (shown "
+            "as 'default'). Ctrl-C stops with status 130; run the same command again to resume from the "
+            "last checkpoint."
+        ),
     )
     p.add_argument("workdir", type=Path, help="checkpoints and metrics.jsonl go here; resumed if present")
     p.add_argument("--preset", choices=PRESETS, help="a complete recipe (model, data, settings); flags override it")
     _add_data_arguments(p, required=False)
     model = p.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", type=Path, help="sam_jax checkpoint directory to fine-tune")
-    model.add_argument("--model-type", choices=tuple(CONFIGS), help="train this registry model from scratch")
-    p.add_argument("--trainable", choices=TRAINABLE, help="default: decoder with --checkpoint, else all")
+    model.add_argument(
+        "--model-type", choices=tuple(registry.all_configs()), help="train this registry model from scratch"
+    )
+    p.add_argument(
+        "--trainable", choices=TRAINABLE, help="parts to train (default: decoder with --checkpoint, else all)"
+    )
     p.add_argument("--export", type=Path, metavar="DIR", help="when done, write the model as a sam_jax checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite a checkpoint in the --export directory")
     p.add_argument(
@@ -62,29 +74,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="stop after N batches (--export then writes that model); run again without it to go on",
     )
     run = p.add_argument_group("run settings (default: the preset's, else the library's)")
-    run.add_argument("--steps", type=int, help="batches to train on")
-    run.add_argument("--batch-size", type=int, help="images per batch (a multiple of the device count)")
-    run.add_argument("--max-objects", type=int, help="objects (prompts) per image")
+    run.add_argument("--steps", type=int, help="batches to train on (default: 1000; demo preset: 8000)")
+    run.add_argument(
+        "--batch-size", type=int, help="images per batch, a multiple of the device count (default: 8; demo: 16)"
+    )
+    run.add_argument("--max-objects", type=int, help="objects (prompts) per image (default: 4)")
     run.add_argument("--mask-size", type=int, help="grid of the loss and prompt sampling (default: input size)")
-    run.add_argument("--cache-embeddings", action="store_true", default=None, help="embed images once (frozen encoder)")
-    run.add_argument("--seed", type=int)
-    run.add_argument("--log-every", type=int)
-    run.add_argument("--checkpoint-every", type=int)
-    run.add_argument("--keep", type=int, help="checkpoints to keep")
-    run.add_argument("--threads", type=int, help="data-loading threads")
+    run.add_argument(
+        "--cache-embeddings", action="store_true", default=None, help="embed images once (frozen encoder; default: off)"
+    )
+    run.add_argument("--seed", type=int, help="seed of the data, prompts and initial weights (default: 0)")
+    run.add_argument("--log-every", type=int, help="batches per metrics.jsonl record (default: 50; demo: 100)")
+    run.add_argument("--checkpoint-every", type=int, help="batches per checkpoint (default: 500; demo: 1000)")
+    run.add_argument("--keep", type=int, help="checkpoints to keep (default: 3)")
+    run.add_argument("--threads", type=int, help="data-loading threads (default: 2; demo: 8)")
     opt = p.add_argument_group("optimiser")
-    opt.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
-    opt.add_argument("--schedule", choices=SCHEDULES)
-    opt.add_argument("--warmup", type=int, help="warm-up updates")
-    opt.add_argument("--weight-decay", type=float)
-    opt.add_argument("--grad-clip", type=float, help="global-norm clip (0: none)")
-    opt.add_argument("--accumulate", type=int, help="batches per update (gradient accumulation)")
+    opt.add_argument("--lr", type=float, help="peak learning rate, AdamW (default: 1e-4; demo: 1e-3)")
+    opt.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default: cosine)")
+    opt.add_argument("--warmup", type=int, help="warm-up updates (default: 0; demo: 200)")
+    opt.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: 0.01; demo: 0.05)")
+    opt.add_argument("--grad-clip", type=float, help="global-norm clip, 0: none (default: 1.0)")
+    opt.add_argument("--accumulate", type=int, help="batches per update, gradient accumulation (default: 1)")
     step = p.add_argument_group("loss and prompts")
-    step.add_argument("--loss", choices=MASK_LOSSES, help="dice_bce (MedSAM) or focal_dice (SAM, 20:1)")
+    step.add_argument(
+        "--loss", choices=MASK_LOSSES, help="dice_bce (MedSAM) or focal_dice (SAM, 20:1) (default: dice_bce)"
+    )
     step.add_argument("--bf16", action="store_true", default=None, help="compute in bfloat16 (parameters stay fp32)")
-    step.add_argument("--box-prob", type=float, help="share of prompts that are boxes")
-    step.add_argument("--max-points", type=int, help="most points in a point prompt")
-    step.add_argument("--correction-rounds", type=int, help="iterative correction clicks per prompt")
+    step.add_argument("--box-prob", type=float, help="share of prompts that are boxes (default: 0.5; demo: 0.7)")
+    step.add_argument("--max-points", type=int, help="most points in a point prompt (default: 3)")
+    step.add_argument("--correction-rounds", type=int, help="iterative correction clicks per prompt (default: 0)")
     p.set_defaults(run=run_train)
 
 
@@ -171,7 +189,10 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         model = build_sam(args.model_type or presets.DEMO_MODEL, seed=cfg.seed)
     source = _source(args, synthetic=presets.demo_train_source())
-    model, _ = train(model, source, cfg, args.workdir, until=args.until)
+    try:
+        model, _ = train(model, source, cfg, args.workdir, until=args.until)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_resume_message(args.workdir)) from None
     if args.until is not None and args.until < cfg.steps:
         print(f"stopped after {args.until} of {cfg.steps} batches; run without --until to continue")
     if args.export is not None:
@@ -180,10 +201,25 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_message(workdir: Path) -> str:
+    """What rerunning an interrupted ``sam-jax train`` does: resume from its newest checkpoint."""
+    from sam_jax.train.loop import CHECKPOINT_DIR
+
+    folder = workdir / CHECKPOINT_DIR
+    # Orbax names a finished checkpoint by its step; unfinished ones carry a temporary suffix.
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    if not steps:
+        return "no checkpoint was saved yet; running the same command again starts over"
+    return f"the last checkpoint is at batch {max(steps)}; run the same command again to resume from it"
+
+
 def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``sam-jax evaluate``."""
+    from sam_jax.cli import HelpFormatter
+
     p = subparsers.add_parser(
         "evaluate",
+        formatter_class=HelpFormatter,
         help="mIoU with one box / one point per object",
         description=(
             "Prompt every object once with its bounding box and once with a click at its innermost point; "
@@ -193,7 +229,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, help="sam_jax checkpoint directory (default: the bundled demo model)")
     _add_data_arguments(p, required=False)
     p.add_argument("--num-images", type=int, default=200, help="images to score (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch")
     p.add_argument("--max-objects", type=int, default=8, help="objects per image (default: %(default)s)")
     p.set_defaults(run=run_evaluate)
 

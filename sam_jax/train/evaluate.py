@@ -21,11 +21,14 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int
 from scipy import ndimage
 
-from sam_jax import inference, sharding
+from sam_jax.core.decode import decode_batch, split
+from sam_jax.core.image import encode, valid_region
+from sam_jax.core.prompts import Prompts, make_prompts
 from sam_jax.data.pipeline import PipelineConfig, examples
 from sam_jax.data.sources import Example
-from sam_jax.modeling.common import linear_resize_matrix
-from sam_jax.modeling.sam import Sam
+from sam_jax.models.layers import linear_resize_matrix
+from sam_jax.models.sam.model import Sam
+from sam_jax.runtime import sharding
 from sam_jax.train.losses import mask_iou
 
 
@@ -60,19 +63,17 @@ def _object_ious(
     params: nnx.State,
     images: Int[Array, "B S S 3"],
     input_sizes: Int[Array, "B 2"],
-    box_prompts: inference.Prompts,
-    point_prompts: inference.Prompts,
+    box_prompts: Prompts,
+    point_prompts: Prompts,
     masks: Bool[Array, "B K S S"],
 ) -> tuple[Float[Array, "B K"], Float[Array, "B K"], Float[Array, "B K"]]:
     """IoUs of the box (single, best-of-three) and point (best-of-three) predictions."""
-    embeddings = inference.encode_images(graphdef, params, images, input_sizes)
+    features = encode(graphdef, params, images, input_sizes)
     s = images.shape[1]
-    rows = jnp.arange(s)[None, :, None] < input_sizes[:, 0, None, None]
-    cols = jnp.arange(s)[None, None, :] < input_sizes[:, 1, None, None]
-    inside = rows & cols  # (B, S, S)
+    inside = valid_region(input_sizes, s)  # (B, S, S)
 
-    def ious(prompts: inference.Prompts, multimask: bool) -> tuple[jax.Array, jax.Array]:
-        low_res, iou_pred = inference.decode_batch(graphdef, params, embeddings, prompts, multimask)
+    def ious(prompts: Prompts, multimask: bool) -> tuple[jax.Array, jax.Array]:
+        low_res, iou_pred = decode_batch(graphdef, params, features, prompts, multimask)
         resize = jnp.asarray(linear_resize_matrix(low_res.shape[-1], s), jnp.float32)
         logits = jnp.einsum("rm,bpkmn,sn->bpkrs", resize, low_res, resize, precision=jax.lax.Precision.HIGHEST)
         logits = jnp.where(inside[:, None, None], logits, -1.0)  # outside the image is never predicted
@@ -93,17 +94,15 @@ def _eval_inputs(batch: list[Example], mask_size: int, size: int) -> tuple[tuple
     for ex in batch:
         boxes, points = object_prompts(ex["masks"])
         k = len(boxes)
-        box_prompts.append(inference.make_prompts(None, None, boxes, None, num_prompts=k, mask_size=mask_size))
+        box_prompts.append(make_prompts(None, None, boxes, None, num_prompts=k, mask_size=mask_size))
         labels = np.ones((k, 1), np.int32)
-        point_prompts.append(
-            inference.make_prompts(points[:, None], labels, None, None, num_prompts=k, mask_size=mask_size)
-        )
+        point_prompts.append(make_prompts(points[:, None], labels, None, None, num_prompts=k, mask_size=mask_size))
 
     def stack(key: str) -> np.ndarray:
         return sharding.pad_batch(np.stack([ex[key] for ex in batch]), size)
 
-    def stack_prompts(prompts: list[inference.Prompts]) -> inference.Prompts:
-        return inference.Prompts(*(sharding.pad_batch(np.stack(f), size) for f in zip(*prompts, strict=True)))
+    def stack_prompts(prompts: list[Prompts]) -> Prompts:
+        return Prompts(*(sharding.pad_batch(np.stack(f), size) for f in zip(*prompts, strict=True)))
 
     inputs = (
         stack("image"),
@@ -123,24 +122,30 @@ def evaluate(
     batch_size: int = 8,
     max_objects: int = 8,
     mesh: Mesh | None = None,
+    progress: bool = True,
 ) -> EvalResult:
     """mIoU of ``model`` over the first ``num_images`` examples of ``source`` (default: all),
-    at most ``max_objects`` objects per image (a seeded random subset when there are more)."""
+    at most ``max_objects`` objects per image (a seeded random subset when there are more).
+    ``progress``: a bar on stderr (updated lines when stderr is not a terminal)."""
+    from tqdm import tqdm
+
     mesh = sharding.data_mesh() if mesh is None else mesh
     cfg = model.config
     n = len(source) if num_images is None else min(num_images, len(source))
     pcfg = PipelineConfig(img_size=cfg.img_size, batch_size=batch_size, max_objects=max_objects, shuffle=False)
     ds = examples(source, pcfg)
-    graphdef, params = inference.split(model)
+    graphdef, params = split(model)
     params = sharding.replicate(params, mesh)
     mask_size = cfg.prompt_encoder.mask_input_size
     size = sharding.padded_batch_size(batch_size, mesh)
     results: list[np.ndarray] = []
-    for start in range(0, n, batch_size):
-        batch = [ds[i] for i in range(start, min(start + batch_size, n))]
-        inputs, valid = _eval_inputs(batch, mask_size, size)
-        ious = _object_ious(graphdef, params, *sharding.shard_batch(inputs, mesh))
-        results.append(np.stack([np.asarray(x)[valid] for x in ious]))
+    with tqdm(total=n, disable=not progress, desc="evaluate", unit="img") as bar:
+        for start in range(0, n, batch_size):
+            batch = [ds[i] for i in range(start, min(start + batch_size, n))]
+            inputs, valid = _eval_inputs(batch, mask_size, size)
+            ious = _object_ious(graphdef, params, *sharding.shard_batch(inputs, mesh))
+            results.append(np.stack([np.asarray(x)[valid] for x in ious]))
+            bar.update(len(batch))
     ious = np.concatenate(results, axis=1)
     return EvalResult(
         box_miou=float(ious[0].mean()),

@@ -23,10 +23,13 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from sam_jax import inference, sharding
+from sam_jax.core.decode import split
+from sam_jax.core.image import encode
 from sam_jax.data.pipeline import PipelineConfig, batches, examples, resize_example
 from sam_jax.data.sources import Example
-from sam_jax.modeling.sam import Sam
+from sam_jax.models.sam.model import Sam
+from sam_jax.ops.policy import ExecutionPolicy
+from sam_jax.runtime import sharding
 from sam_jax.train.checkpointing import TrainCheckpointer
 from sam_jax.train.choices import Trainable
 from sam_jax.train.step import (
@@ -75,34 +78,41 @@ class TrainConfig:
 
 
 def embed_examples(
-    model: Sam, ds: grain.MapDataset, batch_size: int, mesh: Mesh, *, num_threads: int = 2
+    model: Sam, ds: grain.MapDataset, batch_size: int, mesh: Mesh, *, num_threads: int = 2, progress: bool = True
 ) -> list[dict[str, np.ndarray]]:
     """Every example of ``ds`` (in order, read by ``num_threads`` threads) with its ``image``
-    replaced by the ``embedding`` ``(g, g, D)`` of ``model``'s image encoder. Kept in host memory:
-    4 MiB per image for vit_b."""
-    graphdef, params = inference.split(model)
+    replaced by its ``features`` from ``model``'s image encoder (for SAM 1 ``image_embed``
+    ``(g, g, D)``). Kept in host memory: 4 MiB per image for vit_b. ``progress``: a bar on stderr
+    (updated lines when stderr is not a terminal), since embedding a large set takes minutes."""
+    graphdef, params = split(model)
     params = sharding.replicate(params, mesh)
     size = sharding.padded_batch_size(batch_size, mesh)  # one compiled program, the last chunk padded
     read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * batch_size)
     reader = iter(ds.to_iter_dataset(read))
     out = []
-    while chunk := list(itertools.islice(reader, batch_size)):
-        images = sharding.pad_batch(np.stack([ex["image"] for ex in chunk]), size)
-        sizes = sharding.pad_batch(np.stack([ex["input_size"] for ex in chunk]), size)
-        emb = np.asarray(inference.encode_images(graphdef, params, *sharding.shard_batch((images, sizes), mesh)))
-        out.extend(
-            {**{k: v for k, v in ex.items() if k != "image"}, "embedding": e}
-            for ex, e in zip(chunk, emb[: len(chunk)], strict=True)
-        )
+    # Closed on the way out (also on Ctrl-C), so a following message starts on its own line.
+    with tqdm(total=len(ds), disable=not progress, desc="embedding", unit="img") as bar:
+        while chunk := list(itertools.islice(reader, batch_size)):
+            images = sharding.pad_batch(np.stack([ex["image"] for ex in chunk]), size)
+            sizes = sharding.pad_batch(np.stack([ex["input_size"] for ex in chunk]), size)
+            batch = sharding.shard_batch((images, sizes), mesh)
+            feats = jax.device_get(encode(graphdef, params, *batch, ExecutionPolicy.for_mesh(mesh)))
+            out.extend(
+                {**{k: v for k, v in ex.items() if k != "image"}, "features": {n: f[i] for n, f in feats.items()}}
+                for i, ex in enumerate(chunk)
+            )
+            bar.update(len(chunk))
     return out
 
 
-def _training_batches(model: Sam, source: Sequence[Example], cfg: TrainConfig, mesh: Mesh) -> grain.DatasetIterator:
+def _training_batches(
+    model: Sam, source: Sequence[Example], cfg: TrainConfig, mesh: Mesh, progress: bool = True
+) -> grain.DatasetIterator:
     pcfg = cfg.pipeline(model.config.img_size)
     if cfg.cache_embeddings:
         # Every image embedded once, with all its masks, so that objects are still drawn per epoch.
         once = grain.MapDataset.source(source).map(lambda ex: resize_example(ex, pcfg.img_size, pcfg.mask_grid))
-        source = embed_examples(model, once, cfg.batch_size, mesh, num_threads=cfg.num_threads)
+        source = embed_examples(model, once, cfg.batch_size, mesh, num_threads=cfg.num_threads, progress=progress)
     return iter(batches(examples(source, pcfg), pcfg))
 
 
@@ -147,6 +157,7 @@ def train(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tx = make_optimizer(cfg.optimizer, cfg.steps)
+    step_cfg = dataclasses.replace(cfg.step, policy=ExecutionPolicy.for_mesh(mesh))
     graphdef, state = init_state(model, cfg.trainable, tx, cfg.seed)
     # A copy: the step donates its state, and ``model`` must stay usable.
     state = sharding.replicate(jax.tree_util.tree_map(jnp.copy, state), mesh)
@@ -154,21 +165,23 @@ def train(
     resume = checkpointer.latest_step()
     if resume is not None:
         state = checkpointer.restore_state(state, resume)
-    data = _training_batches(merge_model(graphdef, state), source, cfg, mesh)
+    data = _training_batches(merge_model(graphdef, state), source, cfg, mesh, progress)
     if resume is not None:
         checkpointer.restore_data(data, resume)
     _truncate_metrics(workdir / METRICS_FILE, 0 if resume is None else resume)
     end = cfg.steps if until is None else min(until, cfg.steps)
     step = int(state.step)
     history: list[dict[str, float]] = []
-    bar = tqdm(total=end, initial=step, disable=None if progress else True, desc="train")  # None: off without a tty
+    # Shown on terminals and, as updated lines, in logs (as amg and convert do); closed (its line
+    # ended) on the way out, Ctrl-C included, so a following message starts on its own line.
+    bar = tqdm(total=end, initial=step, disable=not progress, desc="train", unit="batch")
     sums, count, start = None, 0, time.perf_counter()
-    with open(workdir / METRICS_FILE, "a") as log:
+    with bar, open(workdir / METRICS_FILE, "a") as log:
         while step < end:
             batch = next(data, None)
             if batch is None:
                 raise ValueError(f"the data ran out after {step} batches; shuffle=True repeats a finite source")
-            state, metrics = train_step(graphdef, tx, cfg.step, state, sharding.shard_batch(batch, mesh))
+            state, metrics = train_step(graphdef, tx, step_cfg, state, sharding.shard_batch(batch, mesh))
             step += 1
             sums = metrics if sums is None else jax.tree_util.tree_map(lambda a, b: a + b, sums, metrics)
             count += 1
@@ -183,6 +196,5 @@ def train(
             if step % cfg.checkpoint_every == 0 or step == end:
                 checkpointer.save(state, data)
             bar.update(1)
-    bar.close()
     checkpointer.close()
     return merge_model(graphdef, state), history

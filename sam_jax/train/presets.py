@@ -16,7 +16,7 @@ from sam_jax.train.loop import TrainConfig
 from sam_jax.train.sampling import PromptConfig
 from sam_jax.train.step import OptimizerConfig, StepConfig
 
-DEMO_MODEL = "demo"  # the registry entry of sam_jax.config
+DEMO_MODEL = "demo"  # the registry entry of sam_jax.models.sam.config
 DEMO_SHAPES = ShapesConfig(size=128)
 DEMO_TRAIN_SEED = 0
 DEMO_EVAL_SEED = 1

@@ -4,7 +4,7 @@ Each object gets either a jittered bounding box or a few points (the first posit
 positive or negative), then optionally correction clicks placed in the error region of the
 previous prediction, with that prediction fed back as a mask prompt. Shapes are static: every
 prompt has ``max_points + correction_rounds`` point slots plus the reference's "not a point"
-padding slot, used exactly when there is no box (as :func:`sam_jax.inference.make_prompts` does),
+padding slot, used by :func:`sam_jax.core.prompts.padding_point_valid`'s rule (as the predictor's prompts are),
 so a prompt trained here is encoded as the predictor encodes it.
 
 Masks are given on an ``R x R`` grid covering the padded ``S x S`` model input; coordinates are in
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from sam_jax.inference import Prompts
+from sam_jax.core.prompts import Prompts, padding_point_valid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +114,9 @@ def initial_prompt(
     return Prompts(
         coords=jnp.concatenate([coords, jnp.zeros((extra, 2), jnp.float32)]),
         labels=jnp.concatenate([labels.astype(jnp.int32), jnp.full((extra,), -1, jnp.int32)]),
-        point_valid=jnp.concatenate([point_valid, jnp.zeros((extra - 1,), bool), (~is_box)[None]]),
+        point_valid=jnp.concatenate(
+            [point_valid, jnp.zeros((extra - 1,), bool), padding_point_valid(jnp.any(point_valid), is_box)[None]]
+        ),
         boxes=jnp.where(is_box, box, 0.0),
         box_valid=is_box,
         mask_input=jnp.zeros((mask_size, mask_size), jnp.float32),

@@ -3,13 +3,13 @@
 The model is split once into ``graphdef``, the *trainable* parameters (mask decoder only, decoder
 plus prompt encoder, or everything) and the frozen rest. Only the trainable part has gradients and
 optimiser state. Placing the batch split over the ``"data"`` axis of a mesh and the state
-replicated (``NamedSharding``, :mod:`sam_jax.sharding`) makes plain ``jax.jit`` data-parallel; the
+replicated (``NamedSharding``, :mod:`sam_jax.runtime.sharding`) makes plain ``jax.jit`` data-parallel; the
 loss is a mean over the *global* batch, so a sharded step computes what a single-device step does.
 
 A batch is a dict of arrays with a leading batch axis ``B``:
 
-- ``image`` ``(B, S, S, 3)`` uint8, resized images padded bottom/right to ``S`` (or ``embedding``
-  ``(B, g, g, D)`` precomputed by the frozen image encoder, which skips it),
+- ``image`` ``(B, S, S, 3)`` uint8, resized images padded bottom/right to ``S`` (or ``features``,
+  the image features pytree precomputed by the frozen image encoder, which skips it),
 - ``input_size`` ``(B, 2)`` int32, the valid ``(h, w)`` of each padded image,
 - ``masks`` ``(B, K, R, R)`` bool, up to ``K`` objects per image on an ``R x R`` grid over the
   padded input, and ``mask_valid`` ``(B, K)`` bool marking the real ones.
@@ -31,10 +31,13 @@ import optax
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from sam_jax.inference import Prompts
-from sam_jax.modeling.common import linear_resize_matrix
-from sam_jax.modeling.sam import Sam, preprocess
-from sam_jax.precision import cast_model
+from sam_jax.core.decode import attend
+from sam_jax.core.image import Features, embed
+from sam_jax.core.prompts import Prompts
+from sam_jax.models.layers import linear_resize_matrix
+from sam_jax.models.sam.model import Sam
+from sam_jax.ops.policy import XLA, ExecutionPolicy
+from sam_jax.runtime.precision import cast_model
 from sam_jax.train.choices import SCHEDULES, TRAINABLE, ComputeDtype, MaskLoss, Schedule, Trainable
 from sam_jax.train.losses import iou_head_loss, mask_iou, mask_losses
 from sam_jax.train.sampling import PromptConfig, add_correction_click, initial_prompt
@@ -61,6 +64,7 @@ class StepConfig:
     mask_loss: MaskLoss = "dice_bce"
     iou_loss_weight: float = 1.0
     compute_dtype: ComputeDtype = "float32"  # parameters stay fp32 either way
+    policy: ExecutionPolicy = XLA  # how the image encoder runs (the loop sets its mesh's policy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,17 +141,17 @@ def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> Sam:
     return nnx.merge(graphdef, state.params, state.frozen)
 
 
-def _decode_all(model: Sam, embedding: jax.Array, prompts: Prompts) -> tuple[jax.Array, jax.Array]:
+def _decode_all(model: Sam, features: Features, prompts: Prompts) -> tuple[jax.Array, jax.Array]:
     """All four mask tokens ``(P, 4, m, m)`` and IoU predictions ``(P, 4)`` for one image."""
-    sparse, valid, dense = model.prompt_encoder(*prompts)
-    return model.mask_decoder(embedding, model.prompt_encoder.get_dense_pe(), sparse, dense, valid)
+    tokens, image = attend(model, features, prompts, model.prompt_encoder.get_dense_pe())
+    return model.mask_decoder.predict_masks(tokens, image), model.mask_decoder.predict_iou(tokens)
 
 
 def _image_loss(
     model: Sam,
     cfg: StepConfig,
     key: PRNGKeyArray,
-    embedding: Float[Array, "g g D"],
+    features: Features,
     input_size: Int[Array, " 2"],
     masks: Bool[Array, "K R R"],
 ) -> tuple[Float[Array, " K"], Float[Array, " K"], Float[Array, " K"]]:
@@ -162,7 +166,7 @@ def _image_loss(
     resize = jnp.asarray(linear_resize_matrix(mask_size, masks.shape[-1]), jnp.float32)
     totals = []
     for r in range(pcfg.correction_rounds + 1):
-        low_res, iou_pred = _decode_all(model, embedding, prompts)
+        low_res, iou_pred = _decode_all(model, features, prompts)
         low_res, iou_pred = low_res.astype(jnp.float32), iou_pred.astype(jnp.float32)
         logits = jnp.einsum("rm,pkmn,sn->pkrs", resize, low_res, resize)  # (K, 4, R, R)
         per_mask = mask_losses(logits, targets[:, None], cfg.mask_loss)
@@ -185,13 +189,13 @@ def compute_loss(
     model = nnx.merge(graphdef, params, frozen)
     if cfg.compute_dtype == "bfloat16":
         model = cast_model(model, jnp.bfloat16)
-    if "embedding" in batch:
-        embeddings = batch["embedding"]
+    if "features" in batch:
+        features = batch["features"]
     else:
-        embeddings = model.image_encoder(preprocess(batch["image"], batch["input_size"], model.config))
+        features = embed(model, batch["image"], batch["input_size"], cfg.policy)
     b = batch["input_size"].shape[0]
-    mask_loss, iou_loss, iou = jax.vmap(lambda kk, e, s, m: _image_loss(model, cfg, kk, e, s, m))(
-        jax.random.split(key, b), embeddings, batch["input_size"], batch["masks"]
+    mask_loss, iou_loss, iou = jax.vmap(lambda kk, f, s, m: _image_loss(model, cfg, kk, f, s, m))(
+        jax.random.split(key, b), features, batch["input_size"], batch["masks"]
     )
     valid = batch["mask_valid"].astype(jnp.float32)
     count = jnp.maximum(valid.sum(), 1.0)
@@ -212,7 +216,7 @@ def train_step(
     """One batch: loss and gradients of the trainable parameters, one optimiser update.
 
     Data-parallel when ``state`` is replicated over a mesh and ``batch`` split along its leading
-    axis (:func:`sam_jax.sharding.replicate`, :func:`sam_jax.sharding.shard_batch`); ``state`` is
+    axis (:func:`sam_jax.runtime.sharding.replicate`, :func:`sam_jax.runtime.sharding.shard_batch`); ``state`` is
     donated. ``tx`` must be the same object for the same optimiser (:func:`make_optimizer` caches
     it) so that the compiled step is reused.
     """

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from sam_jax.config import PromptEncoderConfig
-from sam_jax.modeling.common import Buffer, gelu, layer_norm, sequential
+from sam_jax.models.layers import Buffer, gelu, layer_norm, sequential
+from sam_jax.models.sam.config import PromptEncoderConfig
 
 
 class PositionEmbeddingRandom(nnx.Module):
@@ -79,14 +79,15 @@ class PromptEncoder(nnx.Module):
         return self.pe_layer.dense(g, g)
 
     def embed_points(self, coords: Float[Array, "P N 2"], labels: Int[Array, "P N"]) -> Float[Array, "P N C"]:
-        """Point tokens. Label -1 is the reference's "not a point" (its padding point)."""
+        """Point tokens. Label -1 is the reference's "not a point" (its padding point); 0 / 1 are
+        background / foreground points; 2 / 3 are box corners given as points (SAM 2's predictors
+        pass boxes so; SAM 1's prompt encoder has no such labels, and its prompts never carry them)."""
         pe = self.pe_layer.with_coords(coords + 0.5, self._input_hw)  # +0.5: pixel centre
-        table = jnp.stack([e.embedding[0] for e in self.point_embeddings[:2]])  # (2, C)
+        table = jnp.stack([e.embedding[0] for e in self.point_embeddings])  # (4, C)
         not_a_point = self.not_a_point_embed.embedding[0]
         labels = labels[..., None]
-        return jnp.where(
-            labels == -1, not_a_point, pe + jnp.where(labels == 0, table[0], jnp.where(labels == 1, table[1], 0.0))
-        )
+        known = (labels >= 0) & (labels < len(self.point_embeddings))
+        return jnp.where(labels == -1, not_a_point, pe + jnp.where(known, table[jnp.clip(labels[..., 0], 0, 3)], 0.0))
 
     def embed_boxes(self, boxes: Float[Array, "P 4"]) -> Float[Array, "P 2 C"]:
         """Two corner tokens per xyxy box."""

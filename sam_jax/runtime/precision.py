@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sam_jax.modeling.sam import Sam
+from sam_jax.models.sam.model import Sam
 
 # Modules whose products run on bf16 operands (their ``dtype``) with fp32 results.
 _MATMUL_MODULES = (nnx.Linear, nnx.Conv, nnx.ConvTranspose)

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float
 
-from sam_jax.config import MaskDecoderConfig
-from sam_jax.modeling.common import MLP, gelu, layer_norm
-from sam_jax.modeling.transformer import TwoWayTransformer
+from sam_jax.models.layers import MLP, gelu, layer_norm
+from sam_jax.models.sam.config import MaskDecoderConfig
+from sam_jax.models.sam.transformer import TwoWayTransformer
+from sam_jax.ops.conv import conv_transpose_2x2
 
 
 class MaskDecoder(nnx.Module):
@@ -22,7 +23,6 @@ class MaskDecoder(nnx.Module):
         self.transformer = TwoWayTransformer(cfg, rngs=rngs)
         self.iou_token = nnx.Embed(1, d, rngs=rngs)
         self.mask_tokens = nnx.Embed(cfg.num_mask_tokens, d, rngs=rngs)
-        # ConvTranspose kernels are stored flipped relative to PyTorch's (the converter flips).
         self.output_upscaling = nnx.List(
             [
                 nnx.ConvTranspose(d, d // 4, (2, 2), strides=(2, 2), padding="VALID", rngs=rngs),
@@ -41,8 +41,8 @@ class MaskDecoder(nnx.Module):
         pixel from exactly one input pixel, so it is one matmul per pixel, and the interleave is
         left to the masks, which have fewer channels."""
         up1, norm, act1, up2, act2 = self.output_upscaling
-        x = act1(norm(_sub_pixel_matmul(up1, x)))
-        return act2(_sub_pixel_matmul(up2, x))
+        x = act1(norm(conv_transpose_2x2(up1, x)))
+        return act2(conv_transpose_2x2(up2, x))
 
     def __call__(
         self,
@@ -92,12 +92,3 @@ class MaskDecoder(nnx.Module):
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], axis=1
         )
         return jnp.einsum("pmc,pijabxyc->pmiaxjby", hyper_in, upscaled).reshape(p, -1, 4 * h, 4 * w)
-
-
-def _sub_pixel_matmul(conv: nnx.ConvTranspose, x: Float[Array, "... C"]) -> Float[Array, "... 2 2 O"]:
-    """A 2x2, stride-2 transposed convolution as a matmul: output pixel ``(2i + a, 2j + b)`` of
-    input pixel ``(i, j)`` lands at ``[..., a, b, :]``."""
-    if conv.kernel_size != (2, 2) or conv.strides != (2, 2):
-        raise ValueError(f"expected a 2x2 stride-2 ConvTranspose, got {conv.kernel_size} stride {conv.strides}")
-    kernel = conv.kernel[...][::-1, ::-1]  # stored flipped for lax (see convert/rules.py)
-    return jnp.einsum("...c,abco->...abo", x, kernel) + conv.bias[...]

@@ -1,4 +1,4 @@
-"""Frozen model configurations and the vit_b / vit_l / vit_h registry.
+"""SAM 1's frozen model configurations and its vit_b / vit_l / vit_h table (family tag ``"sam"``).
 
 Values mirror ``segment_anything.build_sam._build_sam`` exactly; nothing about model shape is
 decided anywhere else. This module imports no JAX so that tooling (fixture scripts, the converter)
@@ -8,7 +8,7 @@ can read configurations cheaply.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -80,6 +80,7 @@ class MaskDecoderConfig:
 class SamConfig:
     """The whole model. ``name`` is the registry key it was built from."""
 
+    family: ClassVar[str] = "sam"  # the registry's family tag, written to config.json beside this
     name: str
     image_encoder: ImageEncoderConfig
     prompt_encoder: PromptEncoderConfig

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sam_jax.core.prompts import pow2_at_least
+
 DATA_AXIS = "data"
 
 
@@ -37,8 +39,7 @@ def padded_batch_size(n: int, mesh: Mesh) -> int:
     """Smallest size >= ``n`` that is a power of two (to reuse compiled programs) and a multiple
     of the number of devices (so the batch splits evenly)."""
     d = mesh.devices.size
-    size = 1 << max(n - 1, 0).bit_length()
-    return -(-size // d) * d
+    return -(-pow2_at_least(n) // d) * d
 
 
 def pad_batch(x: np.ndarray, size: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""``SamPredictor``: the reference's stateful prompt API as a thin wrapper over :mod:`sam_jax.inference`.
+"""``SamPredictor``: the reference's stateful prompt API as a thin wrapper over :mod:`sam_jax.core`.
 
 The only state is the current images' embeddings and sizes; every computation is a jitted pure
 function of ``(params, inputs)``. Beyond the reference: many prompts per image in one call
@@ -9,20 +9,36 @@ local devices along the batch axis.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from sam_jax import inference, sharding
-from sam_jax.compile_cache import enable_compilation_cache
-from sam_jax.images import as_rgb_uint8
-from sam_jax.modeling.sam import Sam
-from sam_jax.prompts import check_box, check_mask_input, check_point_sets, check_points
-from sam_jax.transforms import apply_boxes, apply_coords, resize_image
+from sam_jax.core.decode import decoder, postprocess, split
+from sam_jax.core.image import Features, canvas_batch, dense_pe, encode
+from sam_jax.core.prompts import (
+    Prompts,
+    check_box,
+    check_mask_input,
+    check_point_sets,
+    check_points,
+    drop_absent,
+    make_prompts,
+    point_bucket,
+)
+from sam_jax.core.resize import Resize
+from sam_jax.core.transforms import apply_boxes, apply_coords
+from sam_jax.io import as_rgb_uint8
+from sam_jax.models.sam.model import Sam
+from sam_jax.ops.policy import ExecutionPolicy
+from sam_jax.runtime import sharding
+from sam_jax.runtime.compile_cache import enable_compilation_cache
 
 Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]
+# Mask resizes kept per predictor, one per distinct (input, original) image size (a few KB each).
+RESIZE_CACHE_SIZE = 32
 
 
 class SamPredictor:
@@ -38,16 +54,16 @@ class SamPredictor:
         enable_compilation_cache()
         self.model = sam_model
         self.mesh = sharding.data_mesh() if mesh is None else mesh
-        self.graphdef, params = inference.split(sam_model)
+        self.graphdef, params = split(sam_model)
         self.params = sharding.replicate(params, self.mesh)
-        self._decoder = inference.decoder(self.graphdef)
-        self._image_pe = inference.dense_pe(self.graphdef, self.params)
-        self._platform = self.mesh.devices.flat[0].platform
+        self._decoder = decoder(self.graphdef)
+        self._image_pe = dense_pe(self.graphdef, self.params)
+        self._policy = ExecutionPolicy.for_mesh(self.mesh)
         self.img_size = sam_model.config.img_size
         self.mask_size = sam_model.config.prompt_encoder.mask_input_size
         self.mask_threshold = sam_model.config.mask_threshold
         self._threshold = np.float32(self.mask_threshold)
-        self._resizes: dict[tuple[tuple[int, int], tuple[int, int]], inference.Resize] = {}
+        self._resizes: collections.OrderedDict[tuple[int, int], Resize] = collections.OrderedDict()
         self.reset_image()
 
     # --- images ---------------------------------------------------------------------------------
@@ -55,7 +71,7 @@ class SamPredictor:
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Compute the embedding of ``image``: ``(H, W, 3)`` uint8 in ``image_format`` ("RGB" or
         "BGR"); grayscale ``(H, W)`` / ``(H, W, 1)`` and RGBA are accepted (see
-        :func:`sam_jax.images.as_rgb_uint8`)."""
+        :func:`sam_jax.io.as_rgb_uint8`)."""
         self.set_image_batch([image], image_format)
 
     def set_image_batch(self, images: Sequence[np.ndarray], image_format: str = "RGB") -> None:
@@ -68,16 +84,9 @@ class SamPredictor:
             )
         rgb = [as_rgb_uint8(im, image_format) for im in images]
         n = len(rgb)
-        size = sharding.padded_batch_size(n, self.mesh)
-        batch = np.zeros((size, self.img_size, self.img_size, 3), np.uint8)
-        input_sizes = np.zeros((size, 2), np.int32)
-        for i, im in enumerate(rgb):
-            resized = resize_image(im, self.img_size)
-            h, w = resized.shape[:2]
-            batch[i, :h, :w] = resized
-            input_sizes[i] = (h, w)
+        batch, input_sizes = canvas_batch(rgb, self.img_size, sharding.padded_batch_size(n, self.mesh))
         batch, input_sizes_dev = sharding.shard_batch((batch, input_sizes), self.mesh)
-        self._features = inference.encode_images(self.graphdef, self.params, batch, input_sizes_dev)
+        self._features: Features | None = encode(self.graphdef, self.params, batch, input_sizes_dev, self._policy)
         self._original_sizes = [tuple(im.shape[:2]) for im in rgb]
         self._input_sizes = [tuple(int(v) for v in hw) for hw in input_sizes[:n]]
         self.is_image_set = True
@@ -89,7 +98,7 @@ class SamPredictor:
     @property
     def features(self) -> jax.Array | None:
         """Embedding ``(g, g, 256)`` of the (single) current image, channels-last."""
-        return self._features[0] if self.is_image_set else None
+        return self._features["image_embed"][0] if self.is_image_set else None
 
     @property
     def original_size(self) -> tuple[int, int] | None:
@@ -103,6 +112,38 @@ class SamPredictor:
         """The current image embedding, ``(1, 256, 64, 64)`` as the reference returns it (NCHW)."""
         self._require_single_image("get_image_embedding")
         return np.asarray(self.features).transpose(2, 0, 1)[None]
+
+    def get_image_state(self) -> dict[str, np.ndarray]:
+        """The current (single) image's cached state as host arrays, to store (for instance with
+        ``np.savez``) and restore later with :meth:`set_image_state` without re-encoding:
+        ``{"features/<name>": array, ..., "original_size": (2,), "input_size": (2,)}``."""
+        self._require_single_image("get_image_state")
+        feats = jax.device_get(self._image_features(0))
+        out = {f"features/{k}": np.asarray(v) for k, v in feats.items()}
+        out["original_size"] = np.asarray(self._original_sizes[0], np.int64)
+        out["input_size"] = np.asarray(self._input_sizes[0], np.int64)
+        return out
+
+    def set_image_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore what :meth:`get_image_state` returned (from this model: shapes are checked)."""
+        self.reset_image()
+        try:
+            feats = {k.split("/", 1)[1]: np.asarray(v) for k, v in state.items() if k.startswith("features/")}
+            original = tuple(int(v) for v in np.asarray(state["original_size"]).reshape(2))
+            input_size = tuple(int(v) for v in np.asarray(state["input_size"]).reshape(2))
+        except (KeyError, ValueError, AttributeError, IndexError) as e:
+            raise ValueError(f"not an image state from get_image_state: {e}") from e
+        g = self.model.config.prompt_encoder.image_embedding_size
+        want = (g, g, self.model.config.prompt_encoder.embed_dim)
+        if set(feats) != {"image_embed"} or feats["image_embed"].shape != want:
+            got = {k: v.shape for k, v in feats.items()}
+            raise ValueError(f"image state does not fit this model: expected image_embed {want}, got {got}")
+        emb = feats["image_embed"].astype(np.float32)[None]
+        padded = sharding.pad_batch(emb, sharding.padded_batch_size(1, self.mesh))
+        self._features = {"image_embed": sharding.shard_batch(padded, self.mesh)}
+        self._original_sizes = [original]
+        self._input_sizes = [input_size]
+        self.is_image_set = True
 
     def reset_image(self) -> None:
         """Forget the current image(s)."""
@@ -201,21 +242,21 @@ class SamPredictor:
                 self._check_batch(p.get("point_coords"), p.get("point_labels"), p.get("boxes"), p.get("mask_input"))
             )
         counts = [_num_prompts(*c) for c in checked]
-        slots = inference.point_bucket(max(_max_tokens(*c) for c in checked))
-        width = inference.point_bucket(max(counts))
+        slots = point_bucket(max(_max_tokens(*c) for c in checked))
+        width = point_bucket(max(counts))
         batch = [
             self._prompts(i, *c, num_prompts=n, num_slots=slots, pad_to=width)
             for i, (c, n) in enumerate(zip(checked, counts, strict=True))
         ]
         size = sharding.padded_batch_size(self.num_images, self.mesh)
-        stacked = inference.Prompts(*(sharding.pad_batch(np.stack(f), size) for f in zip(*batch, strict=True)))
+        stacked = Prompts(*(sharding.pad_batch(np.stack(f), size) for f in zip(*batch, strict=True)))
         low_res, iou = self._decoder.decode_batch(
             self.params,
             self._features,
-            sharding.shard_batch(inference.drop_absent(stacked), self.mesh),
+            sharding.shard_batch(drop_absent(stacked), self.mesh),
             bool(multimask_output),
             image_pe=self._image_pe,
-            prompt_chunk=inference.prompt_chunk(width, 1, self._platform),
+            policy=self._policy,
         )
         return [
             self._finish(i, low_res[i], iou[i], n, return_logits)
@@ -256,7 +297,7 @@ class SamPredictor:
             coords = [apply_coords(c, original, self.img_size) for c in coords]
         if boxes is not None:
             boxes = apply_boxes(boxes, original, self.img_size)
-        return inference.make_prompts(
+        return make_prompts(
             coords,
             labels,
             boxes,
@@ -273,20 +314,31 @@ class SamPredictor:
         prompts = self._prompts(image, coords, labels, boxes, masks_in, num_prompts=n, pad_to=size)
         low_res, iou = self._decoder.decode(
             self.params,
-            self._features[image],
-            sharding.shard_batch(inference.drop_absent(prompts), self.mesh),
+            self._image_features(image),
+            sharding.shard_batch(drop_absent(prompts), self.mesh),
             bool(multimask_output),
             image_pe=self._image_pe,
-            prompt_chunk=inference.prompt_chunk(size, self.mesh.size, self._platform),
+            policy=self._policy,
         )
         return self._finish(image, low_res, iou, n, return_logits)
 
+    def _image_features(self, image: int) -> Features:
+        return jax.tree.map(lambda x: x[image], self._features)
+
+    def _resize(self, original_size: tuple[int, int]) -> Resize:
+        """The mask resize to ``original_size``, from a bounded most-recently-used cache."""
+        if original_size in self._resizes:
+            self._resizes.move_to_end(original_size)
+        else:
+            resize = Resize.make(self.mask_size, self.img_size, original_size)
+            self._resizes[original_size] = sharding.replicate(resize, self.mesh)
+            while len(self._resizes) > RESIZE_CACHE_SIZE:
+                self._resizes.popitem(last=False)
+        return self._resizes[original_size]
+
     def _finish(self, image: int, low_res: jax.Array, iou: jax.Array, n: int, return_logits: bool) -> Prediction:
-        key = (self._input_sizes[image], self._original_sizes[image])
-        if key not in self._resizes:
-            resize = inference.Resize.make(low_res.shape[-1], self.img_size, *key)
-            self._resizes[key] = sharding.replicate(resize, self.mesh)
-        masks = inference.postprocess(low_res, self._resizes[key], self._threshold, bool(return_logits))
+        resize = self._resize(self._original_sizes[image])
+        masks = postprocess(low_res, resize, self._threshold, bool(return_logits))
         masks, iou, low_res = jax.device_get((masks, iou, low_res))
         return masks[:n], iou[:n], low_res[:n]
 

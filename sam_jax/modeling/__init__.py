@@ -1,1 +1,0 @@
-"""Flax NNX modules of SAM, one file per component (as in ``segment_anything.modeling``)."""

@@ -1,0 +1,1 @@
+"""Stateful predictors (the reference's APIs) as thin wrappers over :mod:`sam_jax.core`."""
