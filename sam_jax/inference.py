@@ -17,7 +17,7 @@ import functools
 
 import jax
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Int, UInt8
 
 from sam_jax.core.decode import (
     Decoder,
@@ -64,7 +64,7 @@ __all__ = [
 def encode_images(
     graphdef: nnx.GraphDef,
     params: nnx.State,
-    images: Int[Array, "B S S 3"],
+    images: UInt8[Array, "B S S 3"],
     input_sizes: Int[Array, "B 2"],
     policy: ExecutionPolicy = XLA,
 ) -> Float[Array, "B g g D"]:

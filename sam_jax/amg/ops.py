@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 # The reference's `is_box_near_crop_edge` tolerance, in pixels.
 CROP_EDGE_ATOL = 20.0
@@ -72,7 +72,7 @@ def mask_stats(logits: Float[Array, "Hb Wb"], valid: Bool[Array, "Hb Wb"], thr: 
     """
     x = jnp.where(valid, logits, -jnp.inf)
 
-    def count(t: jax.Array) -> jax.Array:
+    def count(t: ArrayLike) -> jax.Array:
         return (x > t).astype(jnp.float32).sum(-1).astype(jnp.int32).sum(-1)
 
     return MaskStats(high=count(thr.high), low=count(thr.low), rows=x.max(-1) > thr.mask, cols=x.max(-2) > thr.mask)
@@ -156,7 +156,7 @@ def nms(
     areas = (x2 - x1) * (y2 - y1)
     idx = jnp.arange(n)
 
-    def first_alive(alive: jax.Array, start: jax.Array) -> jax.Array:
+    def first_alive(alive: jax.Array, start: jax.Array | int) -> jax.Array:
         cand = alive & (idx >= start)
         return jnp.where(cand.any(), jnp.argmax(cand), n)
 

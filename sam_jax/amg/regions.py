@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
+def remove_small_regions(mask: np.ndarray, area_thresh: float | int, mode: str) -> tuple[np.ndarray, bool]:
     """Fill holes (``mode="holes"``) or drop islands (``"islands"``) smaller than ``area_thresh``
     pixels in an ``(H, W)`` bool mask. Returns the mask and whether it changed.
 
@@ -31,7 +31,7 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tup
     return np.isin(regions, fill), True
 
 
-def clean_mask(mask: np.ndarray, area_thresh: float) -> tuple[np.ndarray, bool]:
+def clean_mask(mask: np.ndarray, area_thresh: float | int) -> tuple[np.ndarray, bool]:
     """Holes, then islands, as the reference's ``postprocess_small_regions``; returns the mask and
     whether either step changed it."""
     mask, holes_changed = remove_small_regions(mask, area_thresh, "holes")

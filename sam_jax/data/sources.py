@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from sam_jax.data.synthetic import ShapesConfig, shapes_example
 from sam_jax.io import read_image, read_mask
 
-Example = dict[str, np.ndarray]
+# One example: ``image`` (or a cached ``features`` dict of arrays), ``masks``, and what the pipeline adds.
+Example = dict[str, Any]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, UInt8
 from scipy import ndimage
 
 from sam_jax.core.decode import decode_batch, split
@@ -61,7 +61,7 @@ def object_prompts(masks: Bool[np.ndarray, "K S S"]) -> tuple[Float[np.ndarray, 
 def _object_ious(
     graphdef: nnx.GraphDef,
     params: nnx.State,
-    images: Int[Array, "B S S 3"],
+    images: UInt8[Array, "B S S 3"],
     input_sizes: Int[Array, "B 2"],
     box_prompts: Prompts,
     point_prompts: Prompts,

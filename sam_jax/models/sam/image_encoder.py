@@ -83,7 +83,7 @@ class Attention(nnx.Module):
             out = attend(qkv)
         return ops.tokenwise(self.proj, out, policy)
 
-    def _attention(self, qkv: Float[Array, "B H W 3C"], policy: ExecutionPolicy) -> Float[Array, "B H W C"]:
+    def _attention(self, qkv: Float[Array, "B H W C3"], policy: ExecutionPolicy) -> Float[Array, "B H W C"]:
         b, h, w, _ = qkv.shape
         n, d = self.num_heads, self.head_dim
         q, k, v = qkv.reshape(b, h * w, 3, n, d).transpose(2, 0, 3, 1, 4).reshape(3, b * n, h * w, d)

@@ -49,9 +49,9 @@ class MaskDecoder(nnx.Module):
         image_embedding: Float[Array, "h w C"],
         image_pe: Float[Array, "h w C"],
         sparse: Float[Array, "P T C"],
-        dense: Float[Array, "P h w C"],
+        dense: Float[Array, "#P h w C"],
         token_valid: Bool[Array, "P T"] | None = None,
-    ) -> tuple[Float[Array, "P M 4h 4w"], Float[Array, "P M"]]:
+    ) -> tuple[Float[Array, "P M 4*h 4*w"], Float[Array, "P M"]]:
         """All ``M = num_mask_tokens`` masks and IoU predictions for ``P`` prompts of one image.
 
         ``dense`` may have batch 1 (no mask prompt: the same dense embedding for every prompt).
@@ -64,7 +64,7 @@ class MaskDecoder(nnx.Module):
         image_embedding: Float[Array, "h w C"],
         image_pe: Float[Array, "h w C"],
         sparse: Float[Array, "P T C"],
-        dense: Float[Array, "P h w C"],
+        dense: Float[Array, "#P h w C"],
         token_valid: Bool[Array, "P T"] | None = None,
     ) -> tuple[Float[Array, "P T2 C"], Float[Array, "P h w C"]]:
         """The two-way transformer over output tokens + ``sparse``: the processed tokens and image.
@@ -84,7 +84,7 @@ class MaskDecoder(nnx.Module):
 
     def predict_masks(
         self, tokens: Float[Array, "P T2 C"], image: Float[Array, "P h w C"]
-    ) -> Float[Array, "P M 4h 4w"]:
+    ) -> Float[Array, "P M 4*h 4*w"]:
         p, h, w, _ = image.shape
         mask_tokens_out = tokens[:, 1 : 1 + self.cfg.num_mask_tokens]
         upscaled = self._upscale_blocks(image)

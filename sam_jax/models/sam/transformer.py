@@ -50,8 +50,8 @@ class Attention(nnx.Module):
     def __call__(
         self,
         q: Float[Array, "B Nq C"],
-        k: Float[Array, "B Nk C"],
-        v: Float[Array, "B Nk C"],
+        k: Float[Array, "#B Nk C"],
+        v: Float[Array, "#B Nk C"],
         key_valid: Bool[Array, "B Nk"] | None = None,
     ) -> Float[Array, "B Nq C"]:
         q, k, v = self.heads(self.q_proj(q)), self.heads(self.k_proj(k)), self.heads(self.v_proj(v))
