@@ -3,6 +3,7 @@
 Formats, recognised from the file's content rather than its name:
 
 - official SAM ``.pth``: a state_dict written by ``torch.save`` (zip archive, or the legacy format);
+- official SAM 2 / 2.1 ``.pt``: ``{"model": state_dict}`` (names are ``SAM2Base``'s, kept as they are);
 - MedSAM and other training checkpoints: the same state_dict, possibly wrapped as ``{"model": sd, ...}``
   or ``{"state_dict": sd, ...}`` and possibly with every name prefixed by ``module.``
   (DistributedDataParallel) or ``sam.`` (a wrapper holding SAM as ``self.sam``);
@@ -29,6 +30,7 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
+from sam_jax.convert.detect import SAM2_PREFIXES
 from sam_jax.convert.transformers_names import from_transformers, is_transformers_layout
 from sam_jax.models.sam.config import PIXEL_MEAN, PIXEL_STD
 
@@ -39,6 +41,8 @@ WRAPPER_KEYS = ("model", "state_dict")
 # Name prefixes added by training wrappers, stripped when every name carries one.
 PREFIXES = ("module.", "sam.")
 _NORMALISATION = {"pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD}
+# transformers' Sam2Model keeps its Hiera trunk under this prefix (SamModel: ``vision_encoder.layers``).
+TRANSFORMERS_SAM2_PREFIX = "vision_encoder.backbone."
 # Read as float32. Importing ml_dtypes (a JAX dependency) is also what lets safetensors.numpy read BF16.
 _CONVERTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float64), np.dtype(ml_dtypes.bfloat16))
 
@@ -67,10 +71,18 @@ def read_checkpoint(path: str | os.PathLike, *, progress: bool = False) -> tuple
     while prefix := next((p for p in PREFIXES if tensors and all(k.startswith(p) for k in tensors)), None):
         tensors = {k.removeprefix(prefix): v for k, v in tensors.items()}
         notes.append(f"stripped the prefix {prefix!r} from every name")
+    if any(k.startswith(TRANSFORMERS_SAM2_PREFIX) for k in tensors):
+        raise ValueError(
+            f"{file} is a transformers Sam2Model checkpoint (SAM 2 under transformers' names, "
+            f"{TRANSFORMERS_SAM2_PREFIX}*), which sam-jax convert does not read yet; convert Meta's "
+            "official file instead (sam2.1_hiera_{tiny,small,base_plus,large}.pt, a {'model': state_dict})"
+        )
     if is_transformers_layout(tensors):
         tensors, renamed = from_transformers(tensors)
         notes += renamed
         layout = "transformers SamModel names"
+    elif any(k.startswith(SAM2_PREFIXES) for k in tensors):
+        layout = "official SAM 2 names"
     else:
         layout = "official SAM names"
     _drop_normalisation(tensors, notes)

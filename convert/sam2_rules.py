@@ -1,7 +1,8 @@
 """The rule table between SAM 2 / 2.1 state_dict names/layouts (``sam2==1.1.0``) and sam_jax parameters.
 
-The image model is three parts, named as in ``SAM2Base``: ``image_encoder`` (Hiera trunk + FPN
-neck), ``sam_prompt_encoder`` (SAM 1's prompt encoder) and ``sam_mask_decoder``. sam_jax modules
+The image model (:class:`sam_jax.models.sam2.model.Sam2`) is three parts and a tensor, named as in
+``SAM2Base``: ``image_encoder`` (Hiera trunk + FPN neck), ``sam_prompt_encoder`` (SAM 1's prompt
+encoder), ``sam_mask_decoder`` and ``no_mem_embed``. sam_jax modules
 mirror the reference's module names, so a parameter path maps to a state_dict key by renaming its
 leaf (``kernel``/``scale``/``embedding`` -> ``weight``) plus one module rename, and the layout is
 fixed by the kind of module that owns it (as for SAM 1, :mod:`sam_jax.convert.rules`):
@@ -21,9 +22,10 @@ sam2 uses its ``MLP`` (``mlp.layers.0``/``layers.1``); same computation (two Lin
 
 Keys of the video model (memory attention, memory encoder, object pointers, ...) are not used by
 the image model; :data:`KEEP_FOR_VIDEO` names their top-level modules so that a converter can keep
-them aside (:func:`split_state_dict`) instead of rejecting them. Note that ``no_mem_embed`` is one
-of them although ``SAM2ImagePredictor`` uses it: with ``directly_add_no_mem_embed`` (every released
-config) it is added to the stride-16 features before the decoder, outside the three parts here.
+them aside (:func:`split_state_dict`) instead of rejecting them; :func:`check_video_state_dict`
+checks what of them the config fixes. ``no_mem_embed`` belongs to the image model although it
+lives outside the three parts: with ``directly_add_no_mem_embed`` (every released config)
+``SAM2ImagePredictor`` adds it to the stride-16 features before the decoder.
 
 Official files are ``{"model": state_dict}``; reading them is the readers' job, this table starts
 from the state_dict.
@@ -43,13 +45,18 @@ from sam_jax.convert.rules import _TO_OURS as _SAM1_TO_OURS
 from sam_jax.convert.rules import _TO_TORCH as _SAM1_TO_TORCH
 from sam_jax.convert.rules import ConversionError
 from sam_jax.models.sam2.config import Sam2Config
+from sam_jax.models.sam2.model import Sam2
 
 Path = tuple[str | int, ...]
 _LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
 # Our module path element -> the reference's, inside ``sam_mask_decoder.transformer.layers.N.mlp``.
 _MLP_TO_TORCH: dict[str, tuple[str | int, ...]] = {"lin1": ("layers", 0), "lin2": ("layers", 1)}
 
-IMAGE_PARTS = ("image_encoder", "sam_prompt_encoder", "sam_mask_decoder")
+# Top-level names of the image model (modules and the one tensor).
+IMAGE_PARTS = ("image_encoder", "sam_prompt_encoder", "sam_mask_decoder", "no_mem_embed")
+
+# Where the converter keeps the video-only tensors of a checkpoint directory (official names/layouts).
+VIDEO_FILE = "video.safetensors"
 
 # Top-level modules/parameters of SAM2Base that only the video model (memory) uses.
 KEEP_FOR_VIDEO = frozenset(
@@ -57,7 +64,6 @@ KEEP_FOR_VIDEO = frozenset(
         "memory_attention",
         "memory_encoder",
         "maskmem_tpos_enc",
-        "no_mem_embed",
         "no_mem_pos_enc",
         "no_obj_ptr",
         "no_obj_embed_spatial",
@@ -73,46 +79,34 @@ _CHANNELS_LAST: _Layout = (lambda w: w.transpose(0, 2, 3, 1), lambda w: w.transp
 _AS_IS: _Layout = (lambda w: w, lambda w: w)
 
 
-class _ImageModel(nnx.Module):
-    """The three parts under ``SAM2Base``'s attribute names (the root of the rule table's paths)."""
-
-    def __init__(self, config: Sam2Config, *, rngs: nnx.Rngs) -> None:
-        from sam_jax.models.sam.prompt_encoder import PromptEncoder
-        from sam_jax.models.sam2.image_encoder import ImageEncoder
-        from sam_jax.models.sam2.mask_decoder import MaskDecoder
-
-        self.image_encoder = ImageEncoder(config.image_encoder, rngs=rngs)
-        self.sam_prompt_encoder = PromptEncoder(config.prompt_encoder, rngs=rngs)
-        self.sam_mask_decoder = MaskDecoder(config.mask_decoder, rngs=rngs)
-
-
-class _ShapeOnlyRngs:
+class _ShapeOnlyRngs(nnx.Rngs):
     """Stands in for ``nnx.Rngs`` in abstract builds, where only shapes matter: every initializer
     gets the same key. Under ``nnx.eval_shape`` each ``nnx.Rngs`` draw updates a traced counter and
     flax 0.12 then formats a tracer error message per draw, in time linear in the trace so far:
-    hiera_large's abstract build takes 10-18 s that way, 1 s this way."""
+    hiera_large's abstract build takes 10-18 s that way, 1 s this way. A subclass of ``nnx.Rngs`` so
+    that it passes the modules' ``rngs: nnx.Rngs`` annotations (checked at run time under the tests)."""
 
     def __init__(self) -> None:
-        self._key = jax.random.key(0)
+        super().__init__(0)
 
     def params(self) -> jax.Array:
-        return self._key
+        return jax.random.key(0)
 
 
 def abstract_image_model(config: Sam2Config) -> nnx.Module:
     """:func:`build_image_model`'s module with ``jax.ShapeDtypeStruct`` leaves (``nnx.eval_shape``:
     nothing is allocated)."""
-    return nnx.eval_shape(lambda: _ImageModel(config, rngs=_ShapeOnlyRngs()))
+    return nnx.eval_shape(lambda: Sam2(config, rngs=_ShapeOnlyRngs()))
 
 
 def build_image_model(config: Sam2Config, params: Mapping | None = None, *, seed: int = 0) -> nnx.Module:
-    """A module with ``image_encoder``, ``sam_prompt_encoder`` and ``sam_mask_decoder`` of ``config``.
+    """The :class:`~sam_jax.models.sam2.model.Sam2` of ``config``.
 
     With ``params`` (:func:`to_params`' nested dict) the model is built abstractly and every leaf is
     filled from it (a leaf that is missing or extra raises); without, random weights from ``seed``.
     """
     if params is None:
-        return _ImageModel(config, rngs=nnx.Rngs(seed))
+        return Sam2(config, rngs=nnx.Rngs(seed))
     graphdef, state = nnx.split(abstract_image_model(config))
     want = {tuple(p): v.shape for p, v in nnx.to_flat_state(state)}
     got = {tuple(p): np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(dict(params))[0]}
@@ -186,6 +180,64 @@ def split_state_dict(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np
     return image, video
 
 
+# The memory modules' tensors: required (at least one key each) in a whole SAM2Base state_dict, kept
+# as they are; their names and shapes are checked by the video model's own table when it is ported.
+MEMORY_MODULES = ("memory_attention", "memory_encoder")
+
+
+def expected_video_shapes(config: Sam2Config, mem_dim: int) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of the tensors ``SAM2Base.__init__`` owns outside the image model, as
+    ``config`` fixes them (``mem_dim``: the memory encoder's output width,
+    ``memory_encoder.out_proj.weight.shape[0]``; 64 in every released model)."""
+    d = config.image_encoder.neck.d_model
+    out: dict[str, tuple[int, ...]] = {
+        "maskmem_tpos_enc": (config.num_maskmem, 1, 1, mem_dim),
+        "no_mem_pos_enc": (1, 1, d),
+    }
+    if config.use_obj_ptrs_in_encoder:
+        out |= {"mask_downsample.weight": (1, 1, 4, 4), "mask_downsample.bias": (1,)}
+        mlp = config.use_mlp_for_obj_ptr_proj
+        for prefix in [f"obj_ptr_proj.layers.{i}." for i in range(3)] if mlp else ["obj_ptr_proj."]:
+            out |= {prefix + "weight": (d, d), prefix + "bias": (d,)}
+        if config.pred_obj_scores:
+            out["no_obj_ptr"] = (1, d)
+    if config.no_obj_embed_spatial:
+        out["no_obj_embed_spatial"] = (1, mem_dim)
+    if config.proj_tpos_enc_in_obj_ptrs:
+        out |= {"obj_ptr_tpos_proj.weight": (mem_dim, d), "obj_ptr_tpos_proj.bias": (mem_dim,)}
+    return out
+
+
+def check_video_state_dict(
+    state_dict: Mapping[str, np.ndarray], config: Sam2Config, *, source: str = "checkpoint"
+) -> None:
+    """Raise :class:`ConversionError` naming every missing, unexpected or mis-shaped video-only
+    tensor of a whole ``SAM2Base`` state_dict (:func:`expected_video_shapes`, plus at least one
+    tensor of each of :data:`MEMORY_MODULES`). This is what tells SAM 2 from SAM 2.1 files: 2.1
+    adds ``no_obj_embed_spatial`` and ``obj_ptr_tpos_proj``."""
+    _, video = split_state_dict(state_dict)
+    out_proj = video.get("memory_encoder.out_proj.weight")
+    mem_dim = int(out_proj.shape[0]) if out_proj is not None else config.image_encoder.neck.d_model
+    expected = expected_video_shapes(config, mem_dim)
+    given = {k: v for k, v in video.items() if k.split(".", 1)[0] not in MEMORY_MODULES}
+    missing = sorted(set(expected) - set(given))
+    for m in MEMORY_MODULES:
+        if not any(k.startswith(m + ".") for k in video):
+            missing.append(f"{m}.* (no tensor of the {m})")
+    unexpected = sorted(set(given) - set(expected))
+    wrong = sorted(
+        f"{k}: expected {expected[k]}, got {tuple(given[k].shape)}"
+        for k in set(expected) & set(given)
+        if tuple(given[k].shape) != expected[k]
+    )
+    if missing or unexpected or wrong:
+        lines = [f"{source} does not match SAM 2 {config.name}'s video (memory) tensors"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if items:
+                lines.append(f"{title} ({len(items)}):\n  " + "\n  ".join(items[:20]))
+        raise ConversionError("\n".join(lines))
+
+
 def check_state_dict(
     state_dict: Mapping[str, np.ndarray],
     config: Sam2Config,
@@ -228,7 +280,7 @@ def to_params(
     parts: tuple[str, ...] = IMAGE_PARTS,
 ) -> dict:
     """sam2 state_dict -> nested pure dict of sam_jax parameters (float32 NumPy), rooted at the
-    parts (``{"image_encoder": ..., "sam_prompt_encoder": ..., "sam_mask_decoder": ...}``).
+    parts (``{"image_encoder": ..., "sam_prompt_encoder": ..., "sam_mask_decoder": ..., "no_mem_embed": ...}``).
 
     Strict: every key of ``parts`` must be present with its exact shape, nothing else may be given
     except video-only keys and keys of the other parts, which are ignored (:func:`split_state_dict`

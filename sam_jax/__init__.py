@@ -10,7 +10,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
+    "SAM2ImagePredictor": "sam_jax.predictors.sam2",
     "Sam": "sam_jax.models.sam.model",
+    "Sam2": "sam_jax.models.sam2.model",
     "SamAutomaticMaskGenerator": "sam_jax.amg.generator",
     "SamConfig": "sam_jax.models.sam.config",
     "SamPredictor": "sam_jax.predictors.sam",
@@ -21,7 +23,9 @@ _EXPORTS = {
     "save_sam": "sam_jax.build",
 }
 __all__ = [
+    "SAM2ImagePredictor",
     "Sam",
+    "Sam2",
     "SamAutomaticMaskGenerator",
     "SamConfig",
     "SamPredictor",
@@ -38,7 +42,9 @@ if TYPE_CHECKING:
     from sam_jax.models.registry import get_config
     from sam_jax.models.sam.config import SamConfig
     from sam_jax.models.sam.model import Sam
+    from sam_jax.models.sam2.model import Sam2
     from sam_jax.predictors.sam import SamPredictor
+    from sam_jax.predictors.sam2 import SAM2ImagePredictor
 
 
 def __getattr__(name: str) -> Any:

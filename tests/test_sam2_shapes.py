@@ -22,13 +22,14 @@ from sam_jax.convert import sam2_rules
 from sam_jax.convert.rules import ConversionError
 from sam_jax.models.sam2.config import CONFIGS, MODEL_TYPES, Sam2Config, get_config
 
-# Image-model tensors (trunk, neck, prompt encoder incl. its Gaussian-matrix buffer, mask decoder) of
-# sam2==1.1.0, the same for SAM 2 and 2.1. Whole SAM2Base state_dicts: sam2.1_hiera_tiny 38,962,754.
+# Image-model tensors (trunk, neck, prompt encoder incl. its Gaussian-matrix buffer, mask decoder,
+# no_mem_embed) of sam2==1.1.0, the same for SAM 2 and 2.1. Whole SAM2Base state_dicts: sam2.1_hiera_tiny
+# 38,962,754.
 IMAGE_MODEL_SIZES = {
-    "tiny": 31_440_721,
-    "small": 38_538_577,
-    "base_plus": 73_328_401,
-    "large": 216_924_865,
+    "tiny": 31_440_977,
+    "small": 38_538_833,
+    "base_plus": 73_328_657,
+    "large": 216_925_121,
 }
 
 
@@ -151,7 +152,7 @@ def test_converter_round_trip_and_video_keys_kept_aside():
     cfg = get_config("sam2_test")
     sd = _random_state_dict(cfg)
     video = {
-        "no_mem_embed": np.zeros((1, 1, 32), np.float32),
+        "no_mem_pos_enc": np.zeros((1, 1, 32), np.float32),
         "memory_encoder.out_proj.weight": np.zeros((64, 32, 1, 1)),
     }
     params = sam2_rules.to_params({**sd, **video}, cfg)

@@ -83,8 +83,14 @@ def _decode(
     if image_pe is None:
         image_pe = model.prompt_encoder.get_dense_pe()
     outputs = mask_outputs(multimask_output)
+    # A family whose model defines ``decode_prompts`` decodes its own way (SAM 2: high-res
+    # features, dynamic multimask); SAM 1's step is the one below.
+    family_decode = getattr(model, "decode_prompts", None)
 
     def step(pr: Prompts) -> tuple[jax.Array, jax.Array]:
+        if family_decode is not None:
+            low_res, iou, *_ = family_decode(features, pr, multimask_output, image_pe)
+            return low_res, iou
         tokens, image = attend(model, features, pr, image_pe)
         decoder = model.mask_decoder
         return decoder.predict_masks(tokens, image)[:, outputs], decoder.predict_iou(tokens)[:, outputs]

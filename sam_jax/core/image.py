@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, UInt8
 
 from sam_jax.core.transforms import resize_image
 from sam_jax.ops.policy import XLA, ExecutionPolicy
@@ -57,7 +57,7 @@ def valid_region(input_sizes: Int[Array, "B 2"], size: int) -> Bool[Array, "B S 
 
 
 def preprocess(
-    images: Float[Array, "B S S 3"] | Int[Array, "B S S 3"],
+    images: Float[Array, "B S S 3"] | UInt8[Array, "B S S 3"],
     input_sizes: Int[Array, "B 2"],
     pixel_mean: tuple[float, float, float],
     pixel_std: tuple[float, float, float],
@@ -69,9 +69,19 @@ def preprocess(
 
 
 def embed(
-    model: nnx.Module, images: Int[Array, "B S S 3"], input_sizes: Int[Array, "B 2"], policy: ExecutionPolicy = XLA
+    model: nnx.Module,
+    images: UInt8[Array, "B S S 3"] | Float[Array, "B S S 3"],
+    input_sizes: Int[Array, "B 2"],
+    policy: ExecutionPolicy = XLA,
 ) -> Features:
-    """:func:`encode` on a merged model (inside other jitted functions, e.g. a training step)."""
+    """:func:`encode` on a merged model (inside other jitted functions, e.g. a training step).
+
+    A family whose model defines ``embed(images, input_sizes, policy)`` computes its own features
+    from its own canvases (SAM 2: :meth:`sam_jax.models.sam2.model.Sam2.embed`); SAM 1's path is
+    the one below."""
+    family_embed = getattr(model, "embed", None)
+    if family_embed is not None:
+        return family_embed(images, input_sizes, policy)
     cfg = model.config
     x = preprocess(images, input_sizes, cfg.pixel_mean, cfg.pixel_std)
     return {"image_embed": model.image_encoder(x, policy)}
@@ -81,11 +91,12 @@ def embed(
 def encode(
     graphdef: nnx.GraphDef,
     params: nnx.State,
-    images: Int[Array, "B S S 3"],
+    images: UInt8[Array, "B S S 3"] | Float[Array, "B S S 3"],
     input_sizes: Int[Array, "B 2"],
     policy: ExecutionPolicy = XLA,
 ) -> Features:
-    """Features of images on their canvases (:func:`canvas_batch`): for SAM 1
+    """Features of images on their canvases (:func:`canvas_batch`: uint8; SAM 2's
+    :func:`sam_jax.models.sam2.transforms.canvas_batch`: float32 in [0, 1]): for SAM 1
     ``{"image_embed": (B, g, g, D)}``. ``policy`` decides how the encoder runs, not what it
     computes (:mod:`sam_jax.ops`)."""
     return embed(nnx.merge(graphdef, params), images, input_sizes, policy)

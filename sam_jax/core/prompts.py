@@ -29,9 +29,12 @@ def _finite(a: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} must be finite, got NaN or inf in {a.tolist() if a.size <= 16 else name}")
 
 
-def check_points(coords: object, labels: object, *, batched: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Validate ``(N, 2)`` xy points and ``(N,)`` labels in {-1, 0, 1} (``(B, N, 2)``/``(B, N)``
-    when ``batched``). Returns float32 coords and int32 labels."""
+def check_points(
+    coords: object, labels: object, *, batched: bool = False, valid_labels: tuple[int, ...] = VALID_LABELS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``(N, 2)`` xy points and ``(N,)`` labels in ``valid_labels`` (default {-1, 0, 1};
+    SAM 2 adds its box-corner labels 2 and 3) (``(B, N, 2)``/``(B, N)`` when ``batched``).
+    Returns float32 coords and int32 labels."""
     if coords is None or labels is None:
         raise ValueError("point_coords and point_labels must be given together")
     c, lab = _array(coords, "point_coords"), _array(labels, "point_labels")
@@ -45,10 +48,10 @@ def check_points(coords: object, labels: object, *, batched: bool = False) -> tu
         )
     _finite(c, "point_coords")
     if lab.dtype.kind == "f" and not np.all(lab == np.round(lab)):
-        raise ValueError(f"point_labels must be integers in {VALID_LABELS}, got {lab.tolist()}")
-    bad = ~np.isin(lab, VALID_LABELS)
+        raise ValueError(f"point_labels must be integers in {valid_labels}, got {lab.tolist()}")
+    bad = ~np.isin(lab, valid_labels)
     if bad.any():
-        raise ValueError(f"point_labels must be in {VALID_LABELS}, got {sorted(set(lab[bad].tolist()))}")
+        raise ValueError(f"point_labels must be in {valid_labels}, got {sorted(set(lab[bad].tolist()))}")
     return c.astype(np.float32), lab.astype(np.int32)
 
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from sam_jax.core.transforms import preprocess_shape
 from sam_jax.models.layers import linear_resize_matrix
@@ -79,6 +79,18 @@ class Resize(NamedTuple):
         rows, cols = postprocess_matrices(low_res, img_size, preprocess_shape(h, w, img_size), (h, w))
         return cls(*band(rows, hb), *band(cols, wb), np.array([h, w], np.int32))
 
+    @classmethod
+    def direct(cls, low_res: int, original_size: tuple[int, int], canvas: tuple[int, int] | None = None) -> Resize:
+        """One bilinear resize from ``low_res`` straight to ``original_size`` (H, W), on a ``canvas``
+        (default: the image size): SAM 2's ``postprocess_masks`` (``F.interpolate(masks, orig_hw,
+        mode="bilinear", align_corners=False)``, no antialias), since SAM 2 squashes the whole image
+        to the model's square input instead of padding it."""
+        h, w = original_size
+        hb, wb = original_size if canvas is None else canvas
+        rows = linear_resize_matrix(low_res, h).astype(np.float32)
+        cols = linear_resize_matrix(low_res, w).astype(np.float32)
+        return cls(*band(rows, hb), *band(cols, wb), np.array([h, w], np.int32))
+
 
 def resize(low_res: Float[Array, "m m"], r: Resize) -> Float[Array, "Hb Wb"]:
     """One mask's logits resized onto ``r``'s canvas: two 3-tap gathers (columns first), the
@@ -88,7 +100,7 @@ def resize(low_res: Float[Array, "m m"], r: Resize) -> Float[Array, "Hb Wb"]:
     XLA:CPU that make the reductions that follow (AMG's statistics) several times slower.
     """
 
-    def rows(x: jax.Array, start: jax.Array, weights: jax.Array) -> jax.Array:
+    def rows(x: ArrayLike, start: ArrayLike, weights: ArrayLike) -> jax.Array:
         out = x[start] * weights[:, :1]
         for k in range(1, weights.shape[1]):
             out = out + x[start + k] * weights[:, k : k + 1]

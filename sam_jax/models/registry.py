@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sam_jax.models.sam import config as sam_config
+from sam_jax.models.sam2 import config as sam2_config
 
 DEFAULT_FAMILY = "sam"
 
@@ -52,6 +53,14 @@ FAMILIES: dict[str, Family] = {
         model_types=sam_config.MODEL_TYPES,
         from_dict=sam_config.SamConfig.from_dict,
         builder="sam_jax.models.sam.model:build",
+    ),
+    "sam2": Family(
+        tag="sam2",
+        title="SAM 2",
+        configs=sam2_config.CONFIGS,
+        model_types=sam2_config.MODEL_TYPES,
+        from_dict=sam2_config.Sam2Config.from_dict,
+        builder="sam_jax.models.sam2.model:build",
     ),
 }
 

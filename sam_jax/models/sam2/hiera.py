@@ -160,7 +160,7 @@ class Hiera(nnx.Module):
         bkg = jnp.einsum("hy,byxc,wx->bhwc", mh, bkg, mw, precision=hi)
         return bkg + jnp.tile(window, (1, h // wh, w // ww, 1))
 
-    def __call__(self, x: Float[Array, "B S S 3"]) -> list[Float[Array, "B h w C"]]:
+    def __call__(self, x: Float[Array, "B S S 3"]) -> list[Float[Array, "B _h _w _C"]]:
         x = self.patch_embed(x)
         x = x + self.get_pos_embed(*x.shape[1:3])
         outputs = []

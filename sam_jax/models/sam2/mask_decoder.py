@@ -72,11 +72,11 @@ class MaskDecoder(nnx.Module):
         image_embeddings: Float[Array, "Bi h w C"],
         image_pe: Float[Array, "1 h w C"],
         sparse_prompt_embeddings: Float[Array, "B T C"],
-        dense_prompt_embeddings: Float[Array, "B h w C"],
+        dense_prompt_embeddings: Float[Array, "#B h w C"],
         multimask_output: bool,
-        high_res_features: tuple[Float[Array, "Bi 4h 4w C8"], Float[Array, "Bi 2h 2w C4"]] | None = None,
+        high_res_features: tuple[Float[Array, "Bi 4*h 4*w C8"], Float[Array, "Bi 2*h 2*w C4"]] | None = None,
         token_valid: Bool[Array, "B T"] | None = None,
-    ) -> tuple[Float[Array, "B M 4h 4w"], Float[Array, "B M"], Float[Array, "B K C"], Float[Array, "B 1"]]:
+    ) -> tuple[Float[Array, "B M 4*h 4*w"], Float[Array, "B M"], Float[Array, "B K C"], Float[Array, "B 1"]]:
         """``MaskDecoder.forward`` in eval mode: ``(masks, iou_pred, sam_tokens_out, object_score_logits)``.
 
         ``M`` is 3 with ``multimask_output`` (tokens 1..3), else 1 (token 0, or with dynamic
@@ -113,10 +113,10 @@ class MaskDecoder(nnx.Module):
         image_embeddings: Float[Array, "Bi h w C"],
         image_pe: Float[Array, "1 h w C"],
         sparse_prompt_embeddings: Float[Array, "B T C"],
-        dense_prompt_embeddings: Float[Array, "B h w C"],
+        dense_prompt_embeddings: Float[Array, "#B h w C"],
         high_res_features: tuple[jax.Array, jax.Array] | None = None,
         token_valid: Bool[Array, "B T"] | None = None,
-    ) -> tuple[Float[Array, "B N 4h 4w"], Float[Array, "B N"], Float[Array, "B N C"], Float[Array, "B 1"]]:
+    ) -> tuple[Float[Array, "B N 4*h 4*w"], Float[Array, "B N"], Float[Array, "B N C"], Float[Array, "B 1"]]:
         """All ``N = num_mask_tokens`` masks and IoU predictions, the mask tokens and the object score."""
         cfg = self.cfg
         b = sparse_prompt_embeddings.shape[0]

@@ -17,7 +17,7 @@ from sam_jax.models.sam2.config import FpnNeckConfig
 from sam_jax.models.sam2.position_encoding import PositionEmbeddingSine
 
 
-def upsample2x(x: Float[Array, "B H W C"], mode: str) -> Float[Array, "B 2H 2W C"]:
+def upsample2x(x: Float[Array, "B H W C"], mode: str) -> Float[Array, "B 2*H 2*W C"]:
     """``F.interpolate(x, scale_factor=2.0, mode=mode, align_corners=False if bilinear, antialias=False)``."""
     if mode == "nearest":
         return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
@@ -53,8 +53,9 @@ class FpnNeck(nnx.Module):
         )
 
     def __call__(
-        self, xs: list[Float[Array, "B H W C"]]
-    ) -> tuple[list[Float[Array, "B H W D"]], list[Float[Array, "B H W D"]]]:
+        self, xs: list[Float[Array, "B _H _W _C"]]
+    ) -> tuple[list[Float[Array, "B _H _W D"]], list[Float[Array, "B _H _W D"]]]:
+        # Levels differ in size (and, on the way in, in width): those axes are not bound across the list.
         n = len(self.convs) - 1
         if len(xs) != n + 1:
             raise ValueError(f"expected {n + 1} trunk levels, got {len(xs)}")
