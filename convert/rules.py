@@ -31,7 +31,7 @@ from flax import nnx
 from sam_jax.models.registry import build_model, family_of
 
 Path = tuple[str | int, ...]
-_LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
+LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
 
 
 class ConversionError(ValueError):
@@ -42,12 +42,12 @@ def _identity(a: np.ndarray) -> np.ndarray:
     return a
 
 
-_TO_OURS: dict[type, Callable[[np.ndarray], np.ndarray]] = {
+TO_OURS: dict[type, Callable[[np.ndarray], np.ndarray]] = {
     nnx.Linear: lambda w: w.T,
     nnx.Conv: lambda w: w.transpose(2, 3, 1, 0),
     nnx.ConvTranspose: lambda w: w.transpose(2, 3, 0, 1)[::-1, ::-1],
 }
-_TO_TORCH: dict[type, Callable[[np.ndarray], np.ndarray]] = {
+TO_TORCH: dict[type, Callable[[np.ndarray], np.ndarray]] = {
     nnx.Linear: lambda w: w.T,
     nnx.Conv: lambda w: w.transpose(3, 2, 0, 1),
     nnx.ConvTranspose: lambda w: w[::-1, ::-1].transpose(2, 3, 0, 1),
@@ -57,7 +57,7 @@ _TO_TORCH: dict[type, Callable[[np.ndarray], np.ndarray]] = {
 def torch_key(path: Path) -> str:
     """Official state_dict key of a sam_jax parameter path."""
     *module, leaf = (str(p) for p in path)
-    return ".".join([*module, _LEAF_TO_TORCH.get(leaf, leaf)])
+    return ".".join([*module, LEAF_TO_TORCH.get(leaf, leaf)])
 
 
 def _owner_types(model: nnx.Module) -> dict[Path, type]:
@@ -84,8 +84,8 @@ def _param_table(config: Any) -> dict[str, tuple[Path, tuple[int, ...], type]]:
         path = tuple(path)
         owner = owners.get(path[:-1], type(None))
         shape = tuple(var.shape)
-        if path[-1] == "kernel" and owner in _TO_TORCH:
-            shape = _TO_TORCH[owner](np.empty(shape, np.bool_)).shape
+        if path[-1] == "kernel" and owner in TO_TORCH:
+            shape = TO_TORCH[owner](np.empty(shape, np.bool_)).shape
         table[torch_key(path)] = (path, shape, owner)
     return table
 
@@ -95,24 +95,40 @@ def expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
     return {k: shape for k, (_, shape, _) in param_table(config).items()}
 
 
-def check_state_dict(state_dict: Mapping[str, np.ndarray], config: Any, *, source: str = "checkpoint") -> None:
-    """Raise :class:`ConversionError` naming every missing, unexpected or mis-shaped key."""
-    expected = expected_shapes(config)
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
+def check_keys(
+    given: Mapping[str, np.ndarray],
+    expected: Mapping[str, tuple[int, ...]],
+    header: str,
+    *,
+    missing_extra: tuple[str, ...] = (),
+) -> None:
+    """Raise :class:`ConversionError` with ``header`` and every missing, unexpected or mis-shaped
+    key of ``given`` against ``expected`` shapes (``missing_extra``: more "missing" lines)."""
+    missing = sorted(set(expected) - set(given)) + list(missing_extra)
+    unexpected = sorted(set(given) - set(expected))
     wrong = sorted(
-        f"{k}: expected {expected[k]}, got {tuple(state_dict[k].shape)}"
-        for k in set(expected) & set(state_dict)
-        if tuple(state_dict[k].shape) != expected[k]
+        f"{k}: expected {expected[k]}, got {tuple(given[k].shape)}"
+        for k in set(expected) & set(given)
+        if tuple(given[k].shape) != expected[k]
     )
     if missing or unexpected or wrong:
-        model = f"{family_of(config).title} {config.name}"
-        lines = [f"{source} does not match {model} ({len(expected)} tensors expected, {len(state_dict)} given)"]
+        lines = [header]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
             if items:
                 shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
                 lines.append(f"{title} ({len(items)}):\n  " + "\n  ".join(shown))
         raise ConversionError("\n".join(lines))
+
+
+def check_state_dict(state_dict: Mapping[str, np.ndarray], config: Any, *, source: str = "checkpoint") -> None:
+    """Raise :class:`ConversionError` naming every missing, unexpected or mis-shaped key."""
+    expected = expected_shapes(config)
+    model = f"{family_of(config).title} {config.name}"
+    check_keys(
+        state_dict,
+        expected,
+        f"{source} does not match {model} ({len(expected)} tensors expected, {len(state_dict)} given)",
+    )
 
 
 def to_params(state_dict: Mapping[str, np.ndarray], config: Any, *, source: str = "checkpoint") -> dict:
@@ -125,7 +141,7 @@ def to_params(state_dict: Mapping[str, np.ndarray], config: Any, *, source: str 
     for key, (path, _, owner) in param_table(config).items():
         value = np.asarray(state_dict[key], dtype=np.float32)
         if path[-1] == "kernel":
-            value = _TO_OURS.get(owner, _identity)(value)
+            value = TO_OURS.get(owner, _identity)(value)
         node = nested
         for p in path[:-1]:
             node = node.setdefault(p, {})
@@ -142,6 +158,6 @@ def to_state_dict(params: dict, config: Any) -> dict[str, np.ndarray]:
             value = value[p]
         value = np.asarray(value)
         if path[-1] == "kernel":
-            value = _TO_TORCH.get(owner, _identity)(value)
+            value = TO_TORCH.get(owner, _identity)(value)
         out[key] = np.ascontiguousarray(value)
     return out

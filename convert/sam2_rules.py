@@ -41,14 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sam_jax.convert.rules import _TO_OURS as _SAM1_TO_OURS
-from sam_jax.convert.rules import _TO_TORCH as _SAM1_TO_TORCH
-from sam_jax.convert.rules import ConversionError
+from sam_jax.convert.rules import LEAF_TO_TORCH, ConversionError, check_keys
+from sam_jax.convert.rules import TO_OURS as _SAM1_TO_OURS
+from sam_jax.convert.rules import TO_TORCH as _SAM1_TO_TORCH
 from sam_jax.models.sam2.config import Sam2Config
 from sam_jax.models.sam2.model import Sam2
 
 Path = tuple[str | int, ...]
-_LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}
 # Our module path element -> the reference's, inside ``sam_mask_decoder.transformer.layers.N.mlp``.
 _MLP_TO_TORCH: dict[str, tuple[str | int, ...]] = {"lin1": ("layers", 0), "lin2": ("layers", 1)}
 
@@ -125,7 +124,7 @@ def torch_key(path: Path) -> str:
     *module, leaf = path
     if module[:2] == ["sam_mask_decoder", "transformer"] and len(module) >= 2 and module[-2] == "mlp":
         module = [*module[:-1], *_MLP_TO_TORCH.get(str(module[-1]), (module[-1],))]
-    return ".".join([*map(str, module), _LEAF_TO_TORCH.get(str(leaf), str(leaf))])
+    return ".".join([*map(str, module), LEAF_TO_TORCH.get(str(leaf), str(leaf))])
 
 
 def is_video_key(key: str) -> bool:
@@ -220,22 +219,11 @@ def check_video_state_dict(
     mem_dim = int(out_proj.shape[0]) if out_proj is not None else config.image_encoder.neck.d_model
     expected = expected_video_shapes(config, mem_dim)
     given = {k: v for k, v in video.items() if k.split(".", 1)[0] not in MEMORY_MODULES}
-    missing = sorted(set(expected) - set(given))
-    for m in MEMORY_MODULES:
-        if not any(k.startswith(m + ".") for k in video):
-            missing.append(f"{m}.* (no tensor of the {m})")
-    unexpected = sorted(set(given) - set(expected))
-    wrong = sorted(
-        f"{k}: expected {expected[k]}, got {tuple(given[k].shape)}"
-        for k in set(expected) & set(given)
-        if tuple(given[k].shape) != expected[k]
+    no_module = tuple(
+        f"{m}.* (no tensor of the {m})" for m in MEMORY_MODULES if not any(k.startswith(m + ".") for k in video)
     )
-    if missing or unexpected or wrong:
-        lines = [f"{source} does not match SAM 2 {config.name}'s video (memory) tensors"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if items:
-                lines.append(f"{title} ({len(items)}):\n  " + "\n  ".join(items[:20]))
-        raise ConversionError("\n".join(lines))
+    header = f"{source} does not match SAM 2 {config.name}'s video (memory) tensors"
+    check_keys(given, expected, header, missing_extra=no_module)
 
 
 def check_state_dict(
@@ -253,23 +241,11 @@ def check_state_dict(
     expected = expected_shapes(config, parts)
     given, _ = split_state_dict(state_dict)
     given = {k: v for k, v in given.items() if k.split(".", 1)[0] in parts or k.split(".", 1)[0] not in IMAGE_PARTS}
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    wrong = sorted(
-        f"{k}: expected {expected[k]}, got {tuple(given[k].shape)}"
-        for k in set(expected) & set(given)
-        if tuple(given[k].shape) != expected[k]
+    header = (
+        f"{source} does not match SAM 2 {config.name} ({len(expected)} image-model tensors expected, "
+        f"{len(given)} given besides {len(state_dict) - len(given)} video-only ones)"
     )
-    if missing or unexpected or wrong:
-        lines = [
-            f"{source} does not match SAM 2 {config.name} ({len(expected)} image-model tensors expected, "
-            f"{len(given)} given besides {len(state_dict) - len(given)} video-only ones)"
-        ]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if items:
-                shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
-                lines.append(f"{title} ({len(items)}):\n  " + "\n  ".join(shown))
-        raise ConversionError("\n".join(lines))
+    check_keys(given, expected, header)
 
 
 def to_params(

@@ -129,17 +129,10 @@ class ImageEncoderConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Sam2MaskDecoderConfig:
-    """SAM 2 mask decoder (``sam2.modeling.sam.mask_decoder.MaskDecoder``) as ``_build_sam_heads`` builds it."""
+class Sam2MaskDecoderConfig(MaskDecoderConfig):
+    """SAM 2 mask decoder (``sam2.modeling.sam.mask_decoder.MaskDecoder``) as ``_build_sam_heads``
+    builds it: SAM 1's decoder fields (the two-way transformer is SAM 1's) plus SAM 2's heads."""
 
-    transformer_dim: int = 256
-    transformer_depth: int = 2
-    transformer_mlp_dim: int = 2048
-    transformer_num_heads: int = 8
-    attention_downsample_rate: int = 2
-    num_multimask_outputs: int = 3
-    iou_head_depth: int = 3
-    iou_head_hidden_dim: int = 256
     use_high_res_features: bool = True
     iou_prediction_use_sigmoid: bool = True
     dynamic_multimask_via_stability: bool = True
@@ -150,22 +143,9 @@ class Sam2MaskDecoderConfig:
     use_multimask_token_for_obj_ptr: bool = True
 
     @property
-    def num_mask_tokens(self) -> int:
-        return self.num_multimask_outputs + 1
-
-    @property
     def transformer(self) -> MaskDecoderConfig:
         """The two-way transformer's fields, as the SAM 1 config that ``TwoWayTransformer`` takes."""
-        return MaskDecoderConfig(
-            transformer_dim=self.transformer_dim,
-            transformer_depth=self.transformer_depth,
-            transformer_mlp_dim=self.transformer_mlp_dim,
-            transformer_num_heads=self.transformer_num_heads,
-            attention_downsample_rate=self.attention_downsample_rate,
-            num_multimask_outputs=self.num_multimask_outputs,
-            iou_head_depth=self.iou_head_depth,
-            iou_head_hidden_dim=self.iou_head_hidden_dim,
-        )
+        return MaskDecoderConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MaskDecoderConfig)})
 
 
 @dataclasses.dataclass(frozen=True)
