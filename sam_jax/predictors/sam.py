@@ -9,15 +9,14 @@ local devices along the batch axis.
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from sam_jax.core.decode import decoder, postprocess, split
-from sam_jax.core.image import Features, canvas_batch, dense_pe, encode
+from sam_jax.core.decode import postprocess
+from sam_jax.core.image import Features, canvas_batch, encode
 from sam_jax.core.prompts import (
     Prompts,
     check_box,
@@ -32,16 +31,13 @@ from sam_jax.core.resize import Resize
 from sam_jax.core.transforms import apply_boxes, apply_coords
 from sam_jax.io import as_rgb_uint8
 from sam_jax.models.sam.model import Sam
-from sam_jax.ops.policy import ExecutionPolicy
+from sam_jax.predictors.base import PredictorBase
 from sam_jax.runtime import sharding
-from sam_jax.runtime.compile_cache import enable_compilation_cache
 
 Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]
-# Mask resizes kept per predictor, one per distinct (input, original) image size (a few KB each).
-RESIZE_CACHE_SIZE = 32
 
 
-class SamPredictor:
+class SamPredictor(PredictorBase):
     """Predict masks for an image from points, a box and/or a previous low-res mask.
 
     Same names, arguments and outputs as ``segment_anything.SamPredictor``. ``mesh`` (default:
@@ -51,19 +47,11 @@ class SamPredictor:
     def __init__(self, sam_model: Sam, *, mesh: Mesh | None = None) -> None:
         if not isinstance(sam_model, Sam):
             raise TypeError(f"SamPredictor needs a sam_jax Sam model, got {type(sam_model).__name__}")
-        enable_compilation_cache()
-        self.model = sam_model
-        self.mesh = sharding.data_mesh() if mesh is None else mesh
-        self.graphdef, params = split(sam_model)
-        self.params = sharding.replicate(params, self.mesh)
-        self._decoder = decoder(self.graphdef)
-        self._image_pe = dense_pe(self.graphdef, self.params)
-        self._policy = ExecutionPolicy.for_mesh(self.mesh)
+        super().__init__(sam_model, mesh)
         self.img_size = sam_model.config.img_size
         self.mask_size = sam_model.config.prompt_encoder.mask_input_size
         self.mask_threshold = sam_model.config.mask_threshold
-        self._threshold = np.float32(self.mask_threshold)
-        self._resizes: collections.OrderedDict[tuple[int, int], Resize] = collections.OrderedDict()
+        self._mask_threshold = np.float32(self.mask_threshold)
         self.reset_image()
 
     # --- images ---------------------------------------------------------------------------------
@@ -325,20 +313,11 @@ class SamPredictor:
     def _image_features(self, image: int) -> Features:
         return jax.tree.map(lambda x: x[image], self._features)
 
-    def _resize(self, original_size: tuple[int, int]) -> Resize:
-        """The mask resize to ``original_size``, from a bounded most-recently-used cache."""
-        if original_size in self._resizes:
-            self._resizes.move_to_end(original_size)
-        else:
-            resize = Resize.make(self.mask_size, self.img_size, original_size)
-            self._resizes[original_size] = sharding.replicate(resize, self.mesh)
-            while len(self._resizes) > RESIZE_CACHE_SIZE:
-                self._resizes.popitem(last=False)
-        return self._resizes[original_size]
-
     def _finish(self, image: int, low_res: jax.Array, iou: jax.Array, n: int, return_logits: bool) -> Prediction:
-        resize = self._resize(self._original_sizes[image])
-        masks = postprocess(low_res, resize, self._threshold, bool(return_logits))
+        resize = self._cached_resize(
+            self._original_sizes[image], lambda hw: Resize.make(self.mask_size, self.img_size, hw)
+        )
+        masks = postprocess(low_res, resize, self._mask_threshold, bool(return_logits))
         masks, iou, low_res = jax.device_get((masks, iou, low_res))
         return masks[:n], iou[:n], low_res[:n]
 

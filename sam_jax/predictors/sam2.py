@@ -16,7 +16,6 @@ labelled 2 and 3 ahead of the clicks (then the padding point), masks are resized
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Sequence
 
 import cv2
@@ -24,8 +23,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from sam_jax.core.decode import decoder, postprocess, split
-from sam_jax.core.image import Features, dense_pe, encode
+from sam_jax.core.decode import postprocess
+from sam_jax.core.image import Features, encode
 from sam_jax.core.prompts import (
     Prompts,
     check_box,
@@ -39,9 +38,8 @@ from sam_jax.core.resize import Resize
 from sam_jax.io import as_rgb_uint8
 from sam_jax.models.sam2.model import IMAGE_EMBED, Sam2
 from sam_jax.models.sam2.transforms import canvas_batch, transform_boxes, transform_coords
-from sam_jax.ops.policy import ExecutionPolicy
+from sam_jax.predictors.base import PredictorBase
 from sam_jax.runtime import sharding
-from sam_jax.runtime.compile_cache import enable_compilation_cache
 
 Prediction = tuple[np.ndarray, np.ndarray, np.ndarray]
 # SAM 2's prompt labels: -1 not a point, 0 background, 1 foreground, 2 / 3 box top-left / bottom-right.
@@ -51,7 +49,6 @@ BOX_LABELS = (2, 3)
 LOW_RES_CLAMP = 32.0
 # SAM2Transforms.postprocess_masks: filled holes / removed sprinkles get threshold +- this.
 FILL_OFFSET = 10.0
-RESIZE_CACHE_SIZE = 32
 
 
 def _small_components(binary: np.ndarray, max_area: float) -> np.ndarray:
@@ -127,7 +124,7 @@ class _ImagePrompts:
         return max(len(c) for c in self.coords) + 1
 
 
-class SAM2ImagePredictor:
+class SAM2ImagePredictor(PredictorBase):
     """Predict masks for an image from points, a box and/or a previous low-res mask (SAM 2 / 2.1).
 
     Args:
@@ -150,21 +147,13 @@ class SAM2ImagePredictor:
     ) -> None:
         if not isinstance(sam_model, Sam2):
             raise TypeError(f"SAM2ImagePredictor needs a sam_jax Sam2 model, got {type(sam_model).__name__}")
-        enable_compilation_cache()
-        self.model = sam_model
-        self.mesh = sharding.data_mesh() if mesh is None else mesh
-        self.graphdef, params = split(sam_model)
-        self.params = sharding.replicate(params, self.mesh)
-        self._decoder = decoder(self.graphdef)
-        self._image_pe = dense_pe(self.graphdef, self.params)
-        self._policy = ExecutionPolicy.for_mesh(self.mesh)
+        super().__init__(sam_model, mesh)
         cfg = sam_model.config
         self.image_size = cfg.image_size
         self.mask_size = cfg.prompt_encoder.mask_input_size
         self.mask_threshold = float(mask_threshold)
         self.max_hole_area = float(max_hole_area)
         self.max_sprinkle_area = float(max_sprinkle_area)
-        self._resizes: collections.OrderedDict[tuple[int, int], Resize] = collections.OrderedDict()
         self.reset_predictor()
 
     # --- images ---------------------------------------------------------------------------------
@@ -385,21 +374,10 @@ class SAM2ImagePredictor:
             pad_prompts_to=pad_to,
         )
 
-    def _resize(self, original_size: tuple[int, int]) -> Resize:
-        """The mask resize to ``original_size``, from a bounded most-recently-used cache."""
-        if original_size in self._resizes:
-            self._resizes.move_to_end(original_size)
-        else:
-            resize = Resize.direct(self.mask_size, original_size)
-            self._resizes[original_size] = sharding.replicate(resize, self.mesh)
-            while len(self._resizes) > RESIZE_CACHE_SIZE:
-                self._resizes.popitem(last=False)
-        return self._resizes[original_size]
-
     def _finish(
         self, image: int, low_res: jax.Array, iou: jax.Array, prompts: _ImagePrompts, return_logits: bool
     ) -> Prediction:
-        resize = self._resize(self._orig_hw[image])
+        resize = self._cached_resize(self._orig_hw[image], lambda hw: Resize.direct(self.mask_size, hw))
         upsample_from = low_res
         if self.max_hole_area > 0 or self.max_sprinkle_area > 0:
             host = np.asarray(jax.device_get(low_res))
