@@ -97,6 +97,9 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port (0: any free one)") from e
     sock.set_inheritable(True)
+    # Listening before the URL is printed: a browser opened at once is queued, not refused, until
+    # the server starts accepting.
+    sock.listen(128)
     return sock
 
 

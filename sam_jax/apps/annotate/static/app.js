@@ -150,6 +150,7 @@
     embedding: Promise.resolve(),
     epoch: 0, // bumped on every image switch; late responses for an older image are dropped
     busy: 0,
+    painting: null, // {id, counts, input}: a predicted mask committed, not drawn yet (timing marks)
   };
 
   const $ = (sel) => document.querySelector(sel);
@@ -364,6 +365,7 @@
 
   async function openImage(index) {
     if (index < 0 || index >= S.images.length) return;
+    performance.mark("sam-jax:open", { detail: { name: S.images[index].name } });
     await flushSave();
     const name = S.images[index].name;
     const epoch = ++S.epoch;
@@ -384,6 +386,7 @@
     renderAll();
     const embedding = busy("computing the image embedding…", () => api("POST", "/api/embed", { name }))
       .then((r) => {
+        performance.mark("sam-jax:embedded", { detail: { name, embedding: r.embedding, seconds: r.seconds } });
         if (epoch !== S.epoch) return;
         const how = { computed: "computed", disk: "from the disk cache", memory: "in memory" }[r.embedding];
         setStatus(`${name}: ${r.width}x${r.height}, embedding ${how} (${r.seconds.toFixed(2)} s)`);
@@ -406,8 +409,9 @@
     }));
   }
 
-  /** Run `prompts` for object `id` (null: a new object) and commit the best candidate. */
-  async function runPrompts(id, prompts) {
+  /** Run `prompts` for object `id` (null: a new object) and commit the best candidate; `input` is the
+   * timestamp of the click or drag that asked for it (for the "sam-jax:click-to-mask" measure). */
+  async function runPrompts(id, prompts, input = null) {
     const epoch = S.epoch;
     S.pending = { id, prompts };
     render();
@@ -433,11 +437,12 @@
       }
       S.selected = id;
     });
+    S.painting = { id, counts: fields.segmentation.counts, input };
     S.candidates = { id, masks: res.masks };
     renderCandidates();
   }
 
-  function addPoint(x, y, label) {
+  function addPoint(x, y, label, input = null) {
     enqueue(async () => {
       if (!S.doc) return;
       const o = selectedObject();
@@ -446,16 +451,16 @@
         ...base, multimask: S.multimask,
         points: [...base.points, [round2(x), round2(y)]], point_labels: [...base.point_labels, label],
       };
-      await runPrompts(o ? o.id : null, prompts);
+      await runPrompts(o ? o.id : null, prompts, input);
     });
   }
 
-  function setBox(box) {
+  function setBox(box, input = null) {
     enqueue(async () => {
       if (!S.doc) return;
       const o = selectedObject();
       const base = o ? o.prompts : emptyPrompts();
-      await runPrompts(o ? o.id : null, { ...base, multimask: S.multimask, box: box.map(round2) });
+      await runPrompts(o ? o.id : null, { ...base, multimask: S.multimask, box: box.map(round2) }, input);
     });
   }
 
@@ -758,6 +763,7 @@
       }
     }
     if (S.edit) ctx.drawImage(S.edit.layer, 0, 0);
+    if (S.painting) markPainted();
 
     // Prompts of the selected (or pending) object, in screen pixels so they keep their size.
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
@@ -778,6 +784,18 @@
       ctx.arc(pointer.sx, pointer.sy, Math.max(1, (S.brush / 2) * v.s), 0, 2 * Math.PI);
       ctx.stroke();
     }
+  }
+
+  /** User Timing entries for latency tests and examples/annotate_latency.py: the mark
+   * "sam-jax:mask-painted" once a predicted mask is on the canvas, and the measure
+   * "sam-jax:click-to-mask" from the pointer event that asked for it to that moment. */
+  function markPainted() {
+    const p = S.painting;
+    S.painting = null;
+    const o = findObject(p.id);
+    if (!o || !o.segmentation || o.segmentation.counts !== p.counts) return; // replaced before it was drawn
+    performance.mark("sam-jax:mask-painted", { detail: { id: p.id, input: p.input } });
+    if (p.input !== null) performance.measure("sam-jax:click-to-mask", { start: p.input, end: performance.now(), detail: { id: p.id } });
   }
 
   function drawPrompts(p, alpha) {
@@ -1012,12 +1030,15 @@
       canvas.classList.add("panning");
       e.preventDefault();
     } else if (e.button === 2) {
-      drag = { mode: "negative", x0: p.x, y0: p.y };
+      drag = { mode: "negative", x0: p.x, y0: p.y, t: e.timeStamp };
     } else if (e.button === 0 && S.tool !== "prompt" && !S.proposals) {
       drag = { mode: "stroke" };
       startStroke(p.x, p.y);
     } else if (e.button === 0) {
-      drag = { mode: "click", sx, sy, x0: p.x, y0: p.y, x1: p.x, y1: p.y, shift: e.shiftKey, pick: e.altKey || e.ctrlKey || e.metaKey };
+      drag = {
+        mode: "click", sx, sy, x0: p.x, y0: p.y, x1: p.x, y1: p.y, shift: e.shiftKey, pick: e.altKey || e.ctrlKey || e.metaKey,
+        t: e.timeStamp,
+      };
     }
   });
 
@@ -1051,16 +1072,16 @@
     if (cancelled) return render();
     const inImage = (x, y) => x >= 0 && y >= 0 && x <= S.width && y <= S.height;
     if (d.mode === "negative") {
-      if (inImage(d.x0, d.y0)) addPoint(d.x0, d.y0, 0);
+      if (inImage(d.x0, d.y0)) addPoint(d.x0, d.y0, 0, d.t);
     } else if (d.mode === "box") {
       const box = [clampX(Math.min(d.x0, d.x1)), clampY(Math.min(d.y0, d.y1)), clampX(Math.max(d.x0, d.x1)), clampY(Math.max(d.y0, d.y1))];
-      if (box[2] - box[0] >= 1 && box[3] - box[1] >= 1) setBox(box);
+      if (box[2] - box[0] >= 1 && box[3] - box[1] >= 1) setBox(box, e.timeStamp);
       render();
     } else if (d.mode === "click") {
       if (!inImage(d.x0, d.y0)) return;
       if (S.proposals) toggleProposalAt(d.x0, d.y0);
       else if (d.pick) { const o = objectAt(d.x0, d.y0); o ? select(o.id) : deselect(); }
-      else addPoint(d.x0, d.y0, d.shift ? 0 : 1);
+      else addPoint(d.x0, d.y0, d.shift ? 0 : 1, d.t);
     }
   }
 
