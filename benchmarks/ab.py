@@ -1,14 +1,14 @@
 """sam_jax at two commits, interleaved in one run: is a change free of speed regressions?
 
-    python benchmarks/ab.py --baseline REV [--rounds 3] [--model vit_b] [--threads N] [--workdir DIR]
+    python benchmarks/ab.py --baseline REV [--new REV] [--rounds 3] [--model vit_b] [--threads N]
 
-Checks ``REV`` out into ``DIR/baseline`` (``git worktree``), then alternates the ``ours.py``
-worker of the baseline tree and of this tree, ``--rounds`` times each (A B A B ...), so that both
-see the same machine minute by minute. Each worker loads the fixture weights, times the image
-encoder (``set_image``) and the 1-point decoder call (``predict``) as ``run.py`` does, and skips
-AMG. The baseline worker imports the baseline's ``sam_jax`` (``PYTHONPATH``), which the script
-checks. Writes ``benchmarks/AB.md`` (or ``--results``) with every round's medians, the medians over
-rounds and the ratio new / baseline (below 1 is faster).
+Checks ``REV`` out into ``--workdir``/baseline (``git worktree``; ``--new REV`` likewise, else this
+working tree is the new side), then alternates the ``ours.py`` worker of the two trees,
+``--rounds`` times each (A B A B ...), so that both see the same machine minute by minute. Each
+worker loads the fixture weights, times the image encoder (``set_image``) and the 1-point decoder
+call (``predict``) as ``run.py`` does, and skips AMG. A worker imports its own tree's ``sam_jax``
+(``PYTHONPATH``), which the script checks. Writes ``benchmarks/AB.md`` (or ``--results``) with
+every round's medians, the medians over rounds and the ratio new / baseline (below 1 is faster).
 """
 
 from __future__ import annotations
@@ -32,9 +32,23 @@ ROWS = [
 ]
 
 
+# Runs a script with the tree on PYTHONPATH winning over an editable install of sam_jax (whose
+# import finder would otherwise answer first).
+# The converter folder installs as sam_jax.convert (pyproject's package-dir), which a source tree on
+# PYTHONPATH does not provide by itself: the tree's root joins the package's path for it.
+_BOOT = (
+    "import os, runpy, sys; "
+    "sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, '__module__', '').startswith('__editable__')]; "
+    "import sam_jax; sam_jax.__path__.append(os.environ['PYTHONPATH']); "
+    "script = sys.argv[1]; sys.argv = sys.argv[1:]; sys.path.insert(0, os.path.dirname(script)); "
+    "runpy.run_path(script, run_name='__main__')"
+)
+
+
 def _worker(tree: Path, out: Path, args: argparse.Namespace) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    cmd = [sys.executable, str(tree / "benchmarks" / "ours.py"), "--model", args.model, "--threads", str(args.threads)]
+    script = str(tree / "benchmarks" / "ours.py")
+    cmd = [sys.executable, "-c", _BOOT, script, "--model", args.model, "--threads", str(args.threads)]
     cmd += [
         "--repeats",
         str(args.repeats),
@@ -45,19 +59,22 @@ def _worker(tree: Path, out: Path, args: argparse.Namespace) -> dict:
         "--arrays",
         str(out.with_suffix(".npz")),
     ]
+    probe_script = out.with_suffix(".probe.py")
+    probe_script.write_text("import sam_jax\nprint(sam_jax.__file__)\n")
     probe = subprocess.run(
-        [sys.executable, "-c", "import sam_jax; print(sam_jax.__file__)"], env=env, capture_output=True, text=True
+        [sys.executable, "-c", _BOOT, str(probe_script)], env=env, cwd=tree, capture_output=True, text=True
     )
     if not probe.stdout.strip().startswith(str(tree)):
         raise RuntimeError(f"the worker for {tree} would import sam_jax from {probe.stdout.strip()}")
-    print("$", " ".join(cmd[1:]), flush=True)
+    print("$", script, " ".join(cmd[4:]), flush=True)
     subprocess.run(cmd, check=True, env=env, cwd=tree)
     return json.loads(out.read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", required=True, help="git revision to compare this tree with")
+    parser.add_argument("--baseline", required=True, help="git revision to compare with")
+    parser.add_argument("--new", help="git revision of the new side (default: this working tree)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default="vit_b")
     parser.add_argument("--threads", type=int, default=harness.usable_cores())
@@ -66,29 +83,43 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "AB.md")
     args = parser.parse_args()
 
-    base = args.workdir / "baseline"
-    rev = subprocess.run(["git", "rev-parse", args.baseline], cwd=ROOT, check=True, capture_output=True, text=True)
-    rev = rev.stdout.strip()
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, check=True, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
-    if base.exists():
-        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
+    def rev_parse(name: str) -> str:
+        out = subprocess.run(["git", "rev-parse", name], cwd=ROOT, check=True, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def checkout(name: str, rev: str) -> Path:
+        tree = args.workdir / name
+        if tree.exists():
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True)
+        return tree
+
     args.workdir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "worktree", "add", "--detach", str(base), rev], cwd=ROOT, check=True)
+    rev = rev_parse(args.baseline)
+    trees = {"baseline": checkout("baseline", rev)}
+    if args.new:
+        new_label = rev_parse(args.new)[:10]
+        trees["new"] = checkout("new", rev_parse(args.new))
+    else:
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True)
+        new_label = rev_parse("HEAD")[:10] + (" + uncommitted changes" if dirty.stdout.strip() else "")
+        trees["new"] = ROOT
 
     runs: dict[str, list[dict]] = {"baseline": [], "new": []}
     try:
         for r in range(args.rounds):
-            for side, tree in (("baseline", base), ("new", ROOT)):
-                runs[side].append(_worker(tree, args.workdir / f"{side}_{r}.json", args))
+            for side in ("baseline", "new"):
+                runs[side].append(_worker(trees[side], args.workdir / f"{side}_{r}.json", args))
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=False)
+        for tree in trees.values():
+            if tree != ROOT:
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
 
-    new_label = head.stdout.strip()[:10] + (" + uncommitted changes" if dirty.stdout.strip() else "")
     lines = [
         "# Interleaved A/B: this tree against a baseline commit",
         "",
-        f"`python benchmarks/ab.py --baseline {args.baseline} --rounds {args.rounds} --model {args.model} "
+        f"`python benchmarks/ab.py --baseline {args.baseline}{' --new ' + args.new if args.new else ''} "
+        f"--rounds {args.rounds} --model {args.model} "
         f"--threads {args.threads}` on {datetime.date.today().isoformat()}: baseline `{rev[:10]}`, new `{new_label}`.",
         f"Workers alternate (baseline, new) x {args.rounds}; each value is one worker's median of "
         f"{args.repeats} timed calls (decoder: at least 10) after a warm-up.",

@@ -30,6 +30,7 @@ from sam_jax.models.sam2.config import FpnNeckConfig, Sam2Config, get_config
 from sam_jax.models.sam2.image_encoder import ImageEncoder
 from sam_jax.models.sam2.neck import FpnNeck
 from sam_jax.models.sam2.position_encoding import sine_position_encoding
+from sam_jax.ops.policy import ExecutionPolicy
 
 import sam2_reference as ref_lib
 
@@ -102,6 +103,20 @@ def test_trunk_on_odd_grids(small):
     want = ref.image_encoder.trunk(t(nchw(x)))
     got = jit_call(lambda m, x: m(x), ours.image_encoder.trunk, jnp.asarray(x))
     assert [g.shape[1] for g in got] == [40, 20, 10, 5]
+    for level, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert max_abs(nchw(g), w.numpy()) <= TOL, level
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(("score_block", "token_block"), [(100, 7), (1500, 64)])
+def test_trunk_in_cache_sized_steps(small, score_block, token_block):
+    """A blocked policy's loops (query-row blocks of global and pooled attention, several windows per
+    step, token slices; sizes that leave remainders) give the reference's trunk outputs."""
+    ref, ours = small
+    x = np.random.default_rng(161).standard_normal((1, 160, 160, 3), dtype=np.float32)
+    want = ref.image_encoder.trunk(t(nchw(x)))
+    policy = ExecutionPolicy(blocked=True, score_block=score_block, token_block=token_block)
+    got = jit_call(lambda m, x: m(x, policy), ours.image_encoder.trunk, jnp.asarray(x))
     for level, (g, w) in enumerate(zip(got, want, strict=True)):
         assert max_abs(nchw(g), w.numpy()) <= TOL, level
 

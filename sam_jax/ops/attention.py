@@ -57,10 +57,14 @@ def tokenwise(
 
 
 def per_window(
-    fn: Callable[[jax.Array], jax.Array], windows: Float[Array, "N w w C"], policy: ExecutionPolicy
-) -> Float[Array, "N w w D"]:
-    """``fn`` over a batch of windows: one window at a time when blocked, all at once otherwise."""
-    return map_blocks(fn, (windows,), 1 if policy.blocked else windows.shape[0])
+    fn: Callable[[jax.Array], jax.Array],
+    windows: Float[Array, "N w w C"],
+    policy: ExecutionPolicy,
+    per_step: int = 1,
+) -> Float[Array, "N _w _w D"]:
+    """``fn`` over a batch of windows: ``per_step`` windows at a time when blocked (default one),
+    all at once otherwise."""
+    return map_blocks(fn, (windows,), per_step if policy.blocked else windows.shape[0])
 
 
 def _attend(
@@ -85,20 +89,20 @@ def _attend(
 
 
 def attention(
-    q: Float[Array, "Z L d"],
-    k: Float[Array, "Z L d"],
-    v: Float[Array, "Z L d"],
-    rel_h: Float[Array, "Z L H"] | None,
-    rel_w: Float[Array, "Z L W"] | None,
+    q: Float[Array, "Z Q d"],
+    k: Float[Array, "Z K d"],
+    v: Float[Array, "Z K d"],
+    rel_h: Float[Array, "Z Q H"] | None,
+    rel_w: Float[Array, "Z Q W"] | None,
     policy: ExecutionPolicy,
-) -> Float[Array, "Z L d"]:
-    """Attention of ``Z`` independent heads (``q`` already scaled) with an optional decomposed
-    bias (see :func:`_attend`). Blocked, when one head's scores exceed ``policy.score_block``:
-    a head and a block of query rows at a time."""
-    length = q.shape[1]
-    if not policy.blocked or length * length <= policy.score_block:
+) -> Float[Array, "Z Q d"]:
+    """Attention of ``Z`` independent heads (``q`` already scaled; ``Q`` queries over ``K`` keys)
+    with an optional decomposed bias (see :func:`_attend`). Blocked, when one head's scores exceed
+    ``policy.score_block``: a head and a block of query rows at a time."""
+    queries, keys = q.shape[1], k.shape[1]
+    if not policy.blocked or queries * keys <= policy.score_block:
         return _attend(q, k, v, rel_h, rel_w)
-    rows = max(policy.score_block // length, 1)
+    rows = max(policy.score_block // keys, 1)
     if rel_h is None:
         return _map(lambda q, k, v: map_blocks(lambda qb: _attend(qb, k, v, None, None), (q,), rows), (q, k, v))
 

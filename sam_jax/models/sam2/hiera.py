@@ -15,6 +15,8 @@ from jaxtyping import Array, Float
 
 from sam_jax.models.layers import MLP, cubic_resize_matrix, gelu, layer_norm, window_partition, window_unpartition
 from sam_jax.models.sam2.config import HieraConfig
+from sam_jax.ops import attention as ops
+from sam_jax.ops.policy import XLA, ExecutionPolicy
 
 
 def max_pool(x: Float[Array, "B H W C"], stride: tuple[int, int]) -> Float[Array, "B h w C"]:
@@ -37,22 +39,21 @@ class MultiScaleAttention(nnx.Module):
         self.qkv = nnx.Linear(dim, 3 * dim_out, rngs=rngs)
         self.proj = nnx.Linear(dim_out, dim_out, rngs=rngs)
 
-    def __call__(self, x: Float[Array, "B H W C"]) -> Float[Array, "B h w D"]:
+    def __call__(self, x: Float[Array, "B H W C"], policy: ExecutionPolicy = XLA) -> Float[Array, "B h w D"]:
         b, h, w, _ = x.shape
-        qkv = self.qkv(x).reshape(b, h, w, 3, self.num_heads, -1)
+        n = self.num_heads
+        qkv = ops.tokenwise(self.qkv, x, policy).reshape(b, h, w, 3, n, -1)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         if self.q_stride:
             # Pooled over all heads' channels at once, as the reference reshapes q to (B, H, W, D).
             q = max_pool(q.reshape(b, h, w, -1), self.q_stride)
-            q = q.reshape(*q.shape[:3], self.num_heads, -1)
-        hq, wq = q.shape[1:3]
+            q = q.reshape(*q.shape[:3], n, -1)
+        hq, wq, d = q.shape[1], q.shape[2], q.shape[-1]
+        heads = lambda t: t.reshape(b, -1, n, d).transpose(0, 2, 1, 3).reshape(b * n, -1, d)
         # F.scaled_dot_product_attention: softmax(q k^T / sqrt(head_dim)) v, no mask.
-        out = jax.nn.dot_product_attention(
-            q.reshape(b, hq * wq, self.num_heads, -1),
-            k.reshape(b, h * w, self.num_heads, -1),
-            v.reshape(b, h * w, self.num_heads, -1),
-        )
-        return self.proj(out.reshape(b, hq, wq, -1))
+        out = ops.attention(heads(q) * d**-0.5, heads(k), heads(v), None, None, policy)
+        out = out.reshape(b, n, hq * wq, d).transpose(0, 2, 1, 3).reshape(b, hq, wq, n * d)
+        return ops.tokenwise(self.proj, out, policy)
 
 
 class MultiScaleBlock(nnx.Module):
@@ -85,7 +86,7 @@ class MultiScaleBlock(nnx.Module):
         if dim != dim_out:
             self.proj = nnx.Linear(dim, dim_out, rngs=rngs)
 
-    def __call__(self, x: Float[Array, "B H W C"]) -> Float[Array, "B h w D"]:
+    def __call__(self, x: Float[Array, "B H W C"], policy: ExecutionPolicy = XLA) -> Float[Array, "B h w D"]:
         shortcut = x
         x = self.norm1(x)
         if self.dim != self.dim_out:
@@ -95,7 +96,11 @@ class MultiScaleBlock(nnx.Module):
         window = self.window_size
         if window > 0:
             x, _ = window_partition(x, window)
-        x = self.attn(x)
+            # Windows in steps of about ``policy.score_block`` scores (one head's, per window).
+            per_step = max(policy.score_block // (window**4), 1)
+            x = ops.per_window(lambda t: self.attn(t, policy), x, policy, per_step)
+        else:
+            x = self.attn(x, policy)
         if window > 0:
             if self.q_stride:
                 window //= self.q_stride[0]  # the windows shrank with the queries
@@ -103,7 +108,7 @@ class MultiScaleBlock(nnx.Module):
             padded = (h + (-h) % window, w + (-w) % window)
             x = window_unpartition(x, window, padded, (h, w))
         x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        return x + ops.tokenwise(lambda t: self.mlp(self.norm2(t)), x, policy)
 
 
 class PatchEmbed(nnx.Module):
@@ -160,12 +165,13 @@ class Hiera(nnx.Module):
         bkg = jnp.einsum("hy,byxc,wx->bhwc", mh, bkg, mw, precision=hi)
         return bkg + jnp.tile(window, (1, h // wh, w // ww, 1))
 
-    def __call__(self, x: Float[Array, "B S S 3"]) -> list[Float[Array, "B _h _w _C"]]:
+    def __call__(self, x: Float[Array, "B S S 3"], policy: ExecutionPolicy = XLA) -> list[Float[Array, "B _h _w _C"]]:
+        """``policy`` decides how attention and token-wise layers run (:mod:`sam_jax.ops`)."""
         x = self.patch_embed(x)
         x = x + self.get_pos_embed(*x.shape[1:3])
         outputs = []
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            x = block(x, policy)
             if i in self.cfg.stage_ends:
                 outputs.append(x)
         return outputs

@@ -9,6 +9,7 @@ from jaxtyping import Array, Float
 from sam_jax.models.sam2.config import ImageEncoderConfig
 from sam_jax.models.sam2.hiera import Hiera
 from sam_jax.models.sam2.neck import FpnNeck
+from sam_jax.ops.policy import XLA, ExecutionPolicy
 
 
 class ImageEncoder(nnx.Module):
@@ -26,8 +27,10 @@ class ImageEncoder(nnx.Module):
         self.trunk = Hiera(cfg.trunk, rngs=rngs)
         self.neck = FpnNeck(cfg.neck, rngs=rngs)
 
-    def __call__(self, x: Float[Array, "B S S 3"]) -> dict[str, Float[Array, "B h w D"] | list]:
-        features, pos = self.neck(self.trunk(x))
+    def __call__(
+        self, x: Float[Array, "B S S 3"], policy: ExecutionPolicy = XLA
+    ) -> dict[str, Float[Array, "B h w D"] | list]:
+        features, pos = self.neck(self.trunk(x, policy))
         if self.cfg.scalp > 0:
             features, pos = features[: -self.cfg.scalp], pos[: -self.cfg.scalp]
         return {"vision_features": features[-1], "vision_pos_enc": pos, "backbone_fpn": features}

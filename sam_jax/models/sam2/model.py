@@ -22,6 +22,7 @@ from sam_jax.models.sam.prompt_encoder import PromptEncoder
 from sam_jax.models.sam2.config import Sam2Config
 from sam_jax.models.sam2.image_encoder import ImageEncoder
 from sam_jax.models.sam2.mask_decoder import MaskDecoder
+from sam_jax.ops.policy import XLA, ExecutionPolicy
 
 # Keys of SAM 2's features pytree (leading batch axis on each): the stride-16 embedding with
 # ``no_mem_embed`` added, and the decoder's projected stride-4 / stride-8 FPN levels.
@@ -64,10 +65,10 @@ class Sam2(nnx.Module):
 
     # --- the image step -------------------------------------------------------------------------
 
-    def forward_image(self, x: Float[Array, "B S S 3"]) -> dict:
+    def forward_image(self, x: Float[Array, "B S S 3"], policy: ExecutionPolicy = XLA) -> dict:
         """``SAM2Base.forward_image``: the encoder's feature dict with FPN levels 0 and 1 projected
         by the decoder's ``conv_s0`` / ``conv_s1`` (done once per image, not per prompt)."""
-        out = self.image_encoder(x)
+        out = self.image_encoder(x, policy)
         if self.config.use_high_res_features_in_sam:
             fpn = list(out["backbone_fpn"])
             fpn[0] = self.sam_mask_decoder.conv_s0(fpn[0])
@@ -79,7 +80,7 @@ class Sam2(nnx.Module):
         self,
         images: Float[Array, "B S S 3"] | UInt8[Array, "B S S 3"],
         input_sizes: object = None,
-        policy: object = None,
+        policy: ExecutionPolicy = XLA,
     ) -> dict:
         """Features of canvases made by :func:`sam_jax.models.sam2.transforms.canvas_batch` (the
         image squashed to ``S x S``, values in [0, 1]; uint8 canvases are scaled by 1/255):
@@ -88,17 +89,17 @@ class Sam2(nnx.Module):
         - ``high_res_feats_0`` ``(B, S/4, S/4, C/8)``, ``high_res_feats_1`` ``(B, S/8, S/8, C/4)``
           (with ``use_high_res_features_in_sam``, every released config).
 
-        ``input_sizes`` and ``policy`` are the core's arguments; SAM 2 canvases have no padding and
-        Hiera has no policy-dependent path yet.
+        ``input_sizes`` is the core's argument (SAM 2 canvases have no padding); ``policy`` decides
+        how Hiera's attention and token-wise layers run (:mod:`sam_jax.ops`).
         """
-        del input_sizes, policy
+        del input_sizes
         cfg = self.config
         x = images.astype(jnp.float32)
         if jnp.issubdtype(images.dtype, jnp.integer):
             x = x / 255.0
         # SAM2Transforms' Normalize(mean, std) on [0, 1] values.
         x = (x - jnp.asarray(cfg.pixel_mean, jnp.float32)) / jnp.asarray(cfg.pixel_std, jnp.float32)
-        fpn = self.forward_image(x)["backbone_fpn"][-cfg.num_feature_levels :]
+        fpn = self.forward_image(x, policy)["backbone_fpn"][-cfg.num_feature_levels :]
         feats = {IMAGE_EMBED: fpn[-1]}
         if cfg.directly_add_no_mem_embed:
             feats[IMAGE_EMBED] = fpn[-1] + self.no_mem_embed[...].reshape(-1)
