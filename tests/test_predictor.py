@@ -272,3 +272,33 @@ def test_compilation_cache_location_and_opt_out(tmp_path):
     env["SAM_JAX_COMPILATION_CACHE"] = "0"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "None"
+
+
+def test_mask_resize_cache_is_bounded(predictor, monkeypatch):
+    """A job over many photo sizes keeps a bounded number of mask resizes (least recently used out)."""
+    from sam_jax.predictors import base
+
+    monkeypatch.setattr(base, "RESIZE_CACHE_SIZE", 3)
+    image = skimage.data.astronaut()
+    for w in (40, 41, 42, 43, 44):
+        predictor.set_image(image[:30, :w])
+        predictor.predict(point_coords=np.array([[5.0, 5.0]]), point_labels=np.array([1]))
+    assert list(predictor._resizes) == [(30, 42), (30, 43), (30, 44)]
+    predictor.set_image(image[:30, :42])  # a hit moves the size to the most recent end
+    masks, _, _ = predictor.predict(point_coords=np.array([[5.0, 5.0]]), point_labels=np.array([1]))
+    assert masks.shape[1:] == (30, 42) and list(predictor._resizes)[-1] == (30, 42)
+
+
+def test_image_state_round_trip_restores_without_encoding(predictor):
+    """get_image_state / set_image_state: a stored embedding predicts what the live one does."""
+    predictor.set_image(skimage.data.coffee()[::4, ::4])
+    state = predictor.get_image_state()
+    want = predictor.predict(point_coords=np.array([[60.0, 40.0]]), point_labels=np.array([1]))
+    predictor.reset_image()
+    predictor.set_image_state(state)
+    got = predictor.predict(point_coords=np.array([[60.0, 40.0]]), point_labels=np.array([1]))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    bad = {**state, "features/image_embed": state["features/image_embed"][:-1]}
+    with pytest.raises(ValueError, match="does not fit this model"):
+        predictor.set_image_state(bad)
