@@ -10,6 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
+    "SAM2AutomaticMaskGenerator": "sam_jax.amg.sam2_generator",
     "SAM2ImagePredictor": "sam_jax.predictors.sam2",
     "Sam": "sam_jax.models.sam.model",
     "Sam2": "sam_jax.models.sam2.model",
@@ -23,6 +24,7 @@ _EXPORTS = {
     "save_sam": "sam_jax.build",
 }
 __all__ = [
+    "SAM2AutomaticMaskGenerator",
     "SAM2ImagePredictor",
     "Sam",
     "Sam2",
@@ -38,6 +40,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from sam_jax.amg.generator import SamAutomaticMaskGenerator
+    from sam_jax.amg.sam2_generator import SAM2AutomaticMaskGenerator
     from sam_jax.build import build_sam, load_sam, sam_model_registry, save_sam
     from sam_jax.models.registry import get_config
     from sam_jax.models.sam.config import SamConfig

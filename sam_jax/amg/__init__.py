@@ -1,21 +1,26 @@
-"""Automatic mask generation: the generator, its jittable ops and host-side encodings.
+"""Automatic mask generation: the generators, their jittable ops and host-side encodings.
 
-``SamAutomaticMaskGenerator`` is imported on first use, so ``sam_jax.amg.cli`` loads without JAX.
+``SamAutomaticMaskGenerator`` (SAM 1) and ``SAM2AutomaticMaskGenerator`` (SAM 2) are imported on
+first use, so ``sam_jax.amg.cli`` loads without JAX.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["SamAutomaticMaskGenerator"]
+__all__ = ["SAM2AutomaticMaskGenerator", "SamAutomaticMaskGenerator"]
+_MODULES = {
+    "SamAutomaticMaskGenerator": "sam_jax.amg.generator",
+    "SAM2AutomaticMaskGenerator": "sam_jax.amg.sam2_generator",
+}
 
 if TYPE_CHECKING:
     from sam_jax.amg.generator import SamAutomaticMaskGenerator
+    from sam_jax.amg.sam2_generator import SAM2AutomaticMaskGenerator
 
 
 def __getattr__(name: str) -> Any:
-    if name != "SamAutomaticMaskGenerator":
+    if name not in _MODULES:
         raise AttributeError(f"module 'sam_jax.amg' has no attribute {name!r}")
-    from sam_jax.amg.generator import SamAutomaticMaskGenerator
-
-    return SamAutomaticMaskGenerator
+    return getattr(importlib.import_module(_MODULES[name]), name)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, UInt8
 
 from sam_jax.amg import ops
 from sam_jax.amg.crops import build_all_layer_point_grids, generate_crop_boxes
@@ -57,10 +57,10 @@ class Candidates(NamedTuple):
     keep: Bool[Array, " N"]
 
 
-def _per_device_map(mesh: Mesh, fn, xs: jax.Array, *shared):
-    """``fn(x, *shared)`` for each ``x`` along the leading axis of ``xs``, one at a time, every
-    device looping over its own shard of that axis (``shard_map``: no device waits on another and
-    nothing is gathered). ``shared`` pytrees are replicated."""
+def _per_device_map(mesh: Mesh, fn, xs: Any, *shared):
+    """``fn(x, *shared)`` for each ``x`` along the leading axis of ``xs`` (an array or a pytree of
+    arrays), one at a time, every device looping over its own shard of that axis (``shard_map``: no
+    device waits on another and nothing is gathered). ``shared`` pytrees are replicated."""
     specs = (PartitionSpec(DATA_AXIS), *(PartitionSpec() for _ in shared))
     body = lambda x, *c: jax.lax.map(lambda e: fn(e, *c), x)
     return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(DATA_AXIS))(xs, *shared)
@@ -117,12 +117,18 @@ def score_points(
     crop_box: Int[Array, " 4"],
     image_size: Int[Array, " 2"],
     thr: ops.Thresholds,
+    *,
+    decode: Callable | None = None,
 ) -> tuple[Float[Array, "N m m"], Candidates]:
-    """Decode ``S`` single-point prompts (model-input frame) and score their ``N = 3 S`` masks.
+    """Decode ``S`` single-point prompts (model-input frame) and score their ``N = C S`` masks
+    (``C`` masks per point, 3 with multimask output).
 
     Follows the reference's ``_process_batch``: predicted-IoU filter, stability score on the logits
     at crop resolution, threshold, boxes, rejection of boxes near an inner crop edge. Returns the
     low-res logits (kept on the device for rendering survivors later) and :class:`Candidates`.
+
+    ``decode`` is the family's prompt step, with :func:`_decode_needed`'s signature and outputs
+    ``(S, C, m, m)`` logits and ``(S, C)`` IoU predictions; None is SAM 1's (:func:`_decode_needed`).
 
     Called through :func:`jitted_score_points`.
     """
@@ -130,7 +136,8 @@ def score_points(
     # Masks that fail the predicted-IoU filter are never used: the decoder skips upscaling for
     # prompts all of whose masks fail it, and the statistics below skip each failing mask.
     iou_floor = jnp.where(thr.use_pred_iou, thr.pred_iou, -jnp.inf)
-    low, iou = _decode_needed(graphdef, mesh, policy, params, features, image_pe, prompts, iou_floor)
+    decode = _decode_needed if decode is None else decode
+    low, iou = decode(graphdef, mesh, policy, params, features, image_pe, prompts, iou_floor)
     c = low.shape[1]
     low = low.reshape(-1, *low.shape[2:])
     iou = iou.reshape(-1)
@@ -153,11 +160,11 @@ def score_points(
 
 
 @functools.lru_cache(maxsize=8)
-def jitted_score_points(graphdef: GraphDef, mesh: Mesh, policy: ExecutionPolicy):
-    """:func:`score_points` jitted with ``graphdef``, ``mesh`` and ``policy`` bound, one per model
-    and mesh so generators share compiled programs (a static graphdef would be re-hashed on every
-    call, which costs milliseconds)."""
-    return jax.jit(functools.partial(score_points, graphdef, mesh, policy))
+def jitted_score_points(graphdef: GraphDef, mesh: Mesh, policy: ExecutionPolicy, decode: Callable | None = None):
+    """:func:`score_points` jitted with ``graphdef``, ``mesh``, ``policy`` and the family's ``decode``
+    (hashable, equal by value) bound, one per model and mesh so generators share compiled programs
+    (a static graphdef would be re-hashed on every call, which costs milliseconds)."""
+    return jax.jit(functools.partial(score_points, graphdef, mesh, policy, decode=decode))
 
 
 @jax.jit
@@ -180,7 +187,7 @@ def ranked_nms(
 @functools.partial(jax.jit, static_argnums=0)
 def render_masks(
     mesh: Mesh, low: Float[Array, "K m m"], up: Resize, mask_threshold: Float[Array, ""]
-) -> Int[Array, "K Hb Wb8"]:
+) -> UInt8[Array, "K Hb Wb8"]:
     """Binary masks on the canvas, bit-packed along rows (``np.unpackbits(..., axis=-1)``)."""
 
     def render(x: jax.Array, u: Resize, t: jax.Array) -> jax.Array:
@@ -240,11 +247,18 @@ class SamAutomaticMaskGenerator:
 
     Same arguments and records as the reference; see its docstring for their meaning. Extra:
     ``devices`` (default: every local device) are the mesh the work is sharded over.
+
+    What differs per model family is in a few hooks (``_check_model``, ``_mask_threshold``,
+    ``_decode``, ``_canvas_batch``, ``_model_points``, ``_make_upscale``, ``_point_coords``); SAM 2's
+    generator (:mod:`sam_jax.amg.sam2_generator`) overrides them and shares everything else.
     """
+
+    # The family's prompt step for :func:`score_points` (None: SAM 1's :func:`_decode_needed`).
+    _decode: Callable | None = None
 
     def __init__(
         self,
-        model: Sam,
+        model: nnx.Module,
         points_per_side: int | None = 32,
         points_per_batch: int = 64,
         pred_iou_thresh: float = 0.88,
@@ -261,8 +275,7 @@ class SamAutomaticMaskGenerator:
         *,
         devices: Sequence[jax.Device] | None = None,
     ) -> None:
-        if not isinstance(model, Sam):
-            raise TypeError(f"SamAutomaticMaskGenerator needs a sam_jax Sam model, got {type(model).__name__}")
+        self._check_model(model)
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("exactly one of points_per_side or point_grids must be given")
         if output_mode not in OUTPUT_MODES:
@@ -321,12 +334,36 @@ class SamAutomaticMaskGenerator:
         self._img_size = cfg.img_size
         self._low_res = cfg.prompt_encoder.mask_input_size
         self._thresholds = ops.Thresholds.make(
-            cfg.mask_threshold, pred_iou_thresh, stability_score_thresh, stability_score_offset
+            self._mask_threshold(model), pred_iou_thresh, stability_score_thresh, stability_score_offset
         )
         self._step = self.mesh.size * points_per_batch
         self._policy = ExecutionPolicy.for_mesh(self.mesh)
         self._upscales: dict[tuple[int, int], Resize] = {}
         self._templates: dict[int, Prompts] = {}
+
+    # --------------------------------------------------------------------- per-family hooks (SAM 1)
+
+    def _check_model(self, model: object) -> None:
+        if not isinstance(model, Sam):
+            raise TypeError(f"SamAutomaticMaskGenerator needs a sam_jax Sam model, got {type(model).__name__}")
+
+    def _mask_threshold(self, model: nnx.Module) -> float:
+        """The logit above which a pixel is mask (SAM 1: the model's ``mask_threshold``)."""
+        return model.config.mask_threshold
+
+    def _canvas_batch(self, images: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Crops on the encoder's canvases, padded to ``size`` (SAM 1: long side resized, padded)."""
+        return canvas_batch(images, self._img_size, size)
+
+    def _model_points(self, points: np.ndarray, crop_size: tuple[int, int]) -> np.ndarray:
+        """``(n, 2)`` crop-frame points -> the model-input frame."""
+        return apply_coords(points, crop_size, self._img_size)
+
+    def _point_coords(self, crop: _Crop, j: int) -> list[list[float]]:
+        """The record's ``point_coords`` of kept mask ``j`` of ``crop`` (image frame)."""
+        return [(crop.points[crop.point_idx[j]] + np.array(crop.box[:2])).tolist()]
+
+    # ------------------------------------------------------------------------------------ shared
 
     def _step_sizes(self, n: int) -> list[int]:
         """Points per step for ``n`` points: full steps, then the rest padded to a power of two
@@ -344,7 +381,7 @@ class SamAutomaticMaskGenerator:
             coords, labels = np.zeros((size, 1, 2), np.float32), np.ones((size, 1), np.int32)
             prompts = make_prompts(coords, labels, None, None, num_prompts=size, mask_size=self._low_res)
             self._templates[size] = jax.device_put(drop_absent(prompts), self._data)
-        return jitted_score_points(self._graphdef, self.mesh, self._policy), self._templates[size]
+        return jitted_score_points(self._graphdef, self.mesh, self._policy, self._decode), self._templates[size]
 
     # ----------------------------------------------------------------------------------- public
 
@@ -381,7 +418,7 @@ class SamAutomaticMaskGenerator:
 
     def _encode(self, images: list[np.ndarray]) -> list[list[Features]]:
         """Features (no batch axis) of every crop of every image, encoded ``devices`` at a time."""
-        s, d = self._img_size, self.mesh.size
+        d = self.mesh.size
         crops = []
         for im in images:
             boxes, _ = self._crop_boxes(im.shape[:2])
@@ -390,7 +427,7 @@ class SamAutomaticMaskGenerator:
         out = []
         for start in range(0, len(flat), d):
             chunk = flat[start : start + d]
-            batch, sizes = canvas_batch(chunk, s, d)
+            batch, sizes = self._canvas_batch(chunk, d)
             feats = encode(
                 self._graphdef,
                 self._params,
@@ -416,7 +453,7 @@ class SamAutomaticMaskGenerator:
     def _score_crop(self, crop: _Crop, features: Features, image_size: tuple[int, int]) -> None:
         """Score every grid point of the crop, keep the survivors of its NMS (one host read)."""
         h, w = crop.box[3] - crop.box[1], crop.box[2] - crop.box[0]
-        model_points = apply_coords(crop.points, (h, w), self._img_size)
+        model_points = self._model_points(crop.points, (h, w))
         n = len(model_points)
         sizes = self._step_sizes(n)
         padded = np.zeros((sum(sizes), 2), np.float32)
@@ -447,7 +484,7 @@ class SamAutomaticMaskGenerator:
         kept = order[keep[order]]
         crop.iou, crop.stability = iou[kept], stability[kept]
         crop.boxes = boxes[kept] + np.tile(crop.box[:2], 2)
-        crop.point_idx = kept // 3
+        crop.point_idx = kept // (len(merged.iou) // len(padded))  # masks per point
         crop.low = self._gather(lows, kept)
 
     def _gather(self, lows: list[jax.Array], idx: np.ndarray) -> jax.Array:
@@ -528,14 +565,13 @@ class SamAutomaticMaskGenerator:
                 seg = mask
             else:
                 seg = rle
-            x0, y0 = crop.box[:2]
             records.append(
                 {
                     "segmentation": seg,
                     "area": area_from_rle(rle),
                     "bbox": _xywh(box),
                     "predicted_iou": float(crop.iou[j]),
-                    "point_coords": [(crop.points[crop.point_idx[j]] + np.array([x0, y0])).tolist()],
+                    "point_coords": self._point_coords(crop, j),
                     "stability_score": float(crop.stability[j]),
                     "crop_box": _xywh(crop.box),
                 }
