@@ -197,7 +197,7 @@ def render_masks(
 
 
 @jax.jit
-def gather_rows(parts: tuple[Float[Array, "n m m"], ...], idx: Int[Array, " K"]) -> Float[Array, "K m m"]:
+def gather_rows(parts: tuple[Float[Array, "_n m m"], ...], idx: Int[Array, " K"]) -> Float[Array, "K m m"]:
     """Rows ``idx`` of the concatenation of ``parts``, without concatenating them."""
     out = jnp.zeros((idx.shape[0], *parts[0].shape[1:]), parts[0].dtype)
     start = 0
