@@ -20,7 +20,7 @@ def test_a_wrong_shape_is_refused_by_the_annotation():
 def test_inconsistent_dimensions_across_arguments_are_refused():
     q = jnp.zeros((2, 6, 4))
     with pytest.raises(jaxtyping.TypeCheckError):
-        attention(q, jnp.zeros((2, 5, 4)), jnp.zeros((2, 5, 4)), None, None, XLA)  # "Z L d" for q and k
+        attention(q, jnp.zeros((3, 5, 4)), jnp.zeros((3, 5, 4)), None, None, XLA)  # "Z Q d" / "Z K d": Z differs
 
 
 def test_consistent_calls_pass():
