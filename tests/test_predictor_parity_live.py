@@ -44,6 +44,8 @@ def prompt_matrix(h: int, w: int):
         ("box_points", dict(point_coords=pts[1:], point_labels=np.array([1, 0]), box=box)),
         ("logits", dict(point_coords=pts[:2], point_labels=np.array([1, 0]), return_logits=True)),
         ("refine", dict(point_coords=pts, point_labels=np.array([1, 1, 0]), multimask_output=False, refine=True)),
+        # Empty point arrays are a points tensor all the same: the reference gives them its padding point.
+        ("empty_points", dict(point_coords=np.zeros((0, 2), np.float32), point_labels=np.zeros(0, int))),
     ]
 
 

@@ -135,6 +135,10 @@ CASES = {
         point_coords=[[5.0, 5.0], [20.0, 30.0], [80.0, 70.0]], point_labels=[-1, 2, 3]
     ),
     "no prompt": dict(),
+    "empty point arrays (the reference pads them)": dict(point_coords=np.zeros((0, 2)), point_labels=np.zeros(0)),
+    "empty point arrays and a box": dict(
+        point_coords=np.zeros((0, 2)), point_labels=np.zeros(0), box=[10.0, 20.0, 90.0, 70.0]
+    ),
 }
 
 

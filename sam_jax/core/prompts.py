@@ -182,7 +182,8 @@ def make_prompts(
     if len(point_sets) != p or len(label_sets) != p:
         raise ValueError(f"expected {p} point sets, got {len(point_sets)} coords and {len(label_sets)} labels")
     for i, (c, lab) in enumerate(zip(point_sets, label_sets, strict=True)):
-        if padding_point_valid(np.bool_(len(c) > 0), np.bool_(boxes is not None)):
+        # A given point set counts even when empty: the reference pads a (B, 0, 2) points tensor too.
+        if padding_point_valid(np.bool_(coords is not None), np.bool_(boxes is not None)):
             point_sets[i] = np.concatenate([c, np.zeros((1, 2), np.float32)])
             label_sets[i] = np.concatenate([lab, [-1]]).astype(np.int32)
     n = max([len(c) for c in point_sets], default=0)
