@@ -7,7 +7,8 @@ image at threshold 0), so the settings let masks through: a ``mask_threshold`` o
 the m2m refinement) so masks are small blobs with distinct boxes, a small stability offset and
 threshold, the predicted-IoU filter low (predictions lie in about 0.35 .. 0.8). Cases: the filters
 on (10 masks), crop layers (23, from 3 crops), ``use_m2m`` (8), every filter off (63, 48 of them
-empty), single-mask output.
+empty), single-mask output, and ``min_mask_region_area`` (the reference's predictor fills holes and
+removes sprinkles of the low-res logits; its CUDA kernel is replaced by SciPy here), with and without m2m.
 
 Bar: same number of masks in the same order, every mask matched at IoU >= 0.99 (two empty masks
 match), equal bboxes, crop boxes and points; predicted IoU and stability score within 1e-4.
@@ -22,10 +23,12 @@ import numpy as np
 import pytest
 
 pytest.importorskip("sam2")
+import sam2.utils.misc
 import skimage.data
 import torch
 from pycocotools import mask as mask_utils
 from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator as RefGenerator
+from sam2_components import scipy_connected_components
 
 import sam_jax
 from sam_jax.amg.rle import coco_rle_to_mask, rle_to_mask
@@ -53,6 +56,16 @@ CASES = {
         BASE, mask_threshold=0.3, pred_iou_thresh=0.0, stability_score_thresh=0.0, output_mode="uncompressed_rle"
     ),
     "single_mask": dict(BASE, pred_iou_thresh=0.0, multimask_output=False, box_nms_thresh=0.95),
+    "min_region_area": dict(BASE, pred_iou_thresh=0.0, box_nms_thresh=0.95, min_mask_region_area=40),
+    "min_region_area_m2m": dict(
+        BASE,
+        points_per_side=6,
+        mask_threshold=0.8,
+        pred_iou_thresh=0.0,
+        box_nms_thresh=0.9,
+        use_m2m=True,
+        min_mask_region_area=40,
+    ),
 }
 
 
@@ -106,7 +119,8 @@ def assert_same_records(ours: list[dict], theirs: list[dict]) -> float:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_matches_reference(case):
+def test_matches_reference(case, monkeypatch):
+    monkeypatch.setattr(sam2.utils.misc, "get_connected_components", scipy_connected_components)
     kwargs = CASES[case]
     cfg, ref, ours = models()
     img = image()
@@ -118,6 +132,13 @@ def test_matches_reference(case):
         assert len({tuple(r["crop_box"]) for r in got}) > 2  # masks from several crops survive
     if case == "filters_off":
         assert any(not as_mask(r["segmentation"]).any() for r in got)  # empty masks pass with the filters off
+    if "min_mask_region_area" in kwargs:  # the clean-up changed the result
+        plain = dict(kwargs, min_mask_region_area=0)
+        other = sam_jax.SAM2AutomaticMaskGenerator(ours, **plain).generate(img)
+        masks = lambda records: [as_mask(r["segmentation"]) for r in records]
+        assert len(other) != len(got) or any(
+            not np.array_equal(a, b) for a, b in zip(masks(other), masks(got), strict=False)
+        )
     if kwargs.get("output_mode", "binary_mask") == "binary_mask":
         assert all(r["segmentation"].shape == img.shape[:2] for r in got)
 
@@ -127,8 +148,9 @@ def test_arguments():
     gen = sam_jax.SAM2AutomaticMaskGenerator(ours)
     assert (gen.pred_iou_thresh, gen.mask_threshold, gen.use_m2m, gen.multimask_output) == (0.8, 0.0, False, True)
     assert len(gen.point_grids[0]) == 32 * 32
-    with pytest.raises(NotImplementedError, match="min_mask_region_area"):
-        sam_jax.SAM2AutomaticMaskGenerator(ours, min_mask_region_area=10)
+    assert sam_jax.SAM2AutomaticMaskGenerator(ours, min_mask_region_area=10).min_mask_region_area == 10
+    with pytest.raises(ValueError, match="min_mask_region_area"):
+        sam_jax.SAM2AutomaticMaskGenerator(ours, min_mask_region_area=-1)
     with pytest.raises(ValueError, match="mask_threshold"):
         sam_jax.SAM2AutomaticMaskGenerator(ours, mask_threshold=float("nan"))
     with pytest.raises(TypeError, match="Sam2"):

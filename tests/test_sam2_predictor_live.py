@@ -20,6 +20,7 @@ import sam2.utils.misc
 import torch
 from sam2.sam2_image_predictor import SAM2ImagePredictor as RefPredictor
 from sam2.utils.transforms import SAM2Transforms
+from sam2_components import scipy_connected_components
 from scipy import ndimage
 
 from sam_jax.build import load_sam
@@ -192,20 +193,8 @@ def test_predict_batch_over_two_images(small):
             compare([g[i] for g in got], [w[i] for w in want], logits[i], TOL)
 
 
-def _scipy_connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's CUDA ``get_connected_components`` (8-connected labels and per-pixel areas of
-    ``(N, 1, H, W)`` binary masks), with SciPy, so that its own postprocessing can run here."""
-    labels = np.zeros(mask.shape, np.int32)
-    areas = np.zeros(mask.shape, np.int32)
-    for i in range(mask.shape[0]):
-        lab, _ = ndimage.label(mask[i, 0].numpy(), structure=np.ones((3, 3)))
-        labels[i, 0] = lab
-        areas[i, 0] = np.where(lab > 0, np.bincount(lab.ravel())[lab], 0)
-    return torch.from_numpy(labels), torch.from_numpy(areas)
-
-
 def test_hole_filling_and_sprinkle_removal_match_the_reference(small, monkeypatch):
-    monkeypatch.setattr(sam2.utils.misc, "get_connected_components", _scipy_connected_components)
+    monkeypatch.setattr(sam2.utils.misc, "get_connected_components", scipy_connected_components)
     cfg, ref, ours = small
     img = image(90, 140, 6)
     settings = dict(mask_threshold=0.5, max_hole_area=8.0, max_sprinkle_area=6.0)

@@ -255,6 +255,9 @@ class SamAutomaticMaskGenerator:
 
     # The family's prompt step for :func:`score_points` (None: SAM 1's :func:`_decode_needed`).
     _decode: Callable | None = None
+    # Whether ``min_mask_region_area`` cleans the final masks (SAM 1's ``postprocess_small_regions``);
+    # SAM 2 spends it on the low-res logits instead, inside its prompt step.
+    _cleans_final_masks: bool = True
 
     def __init__(
         self,
@@ -554,7 +557,7 @@ class SamAutomaticMaskGenerator:
         masks = (unpack(c, r) for c, _, r in pending.picks)
         boxes = [pending.crops[c].boxes[j] for c, j, _ in pending.picks]
         meta = [(pending.crops[c], j) for c, j, _ in pending.picks]
-        if self.min_mask_region_area > 0 and meta:
+        if self._cleans_final_masks and self.min_mask_region_area > 0 and meta:
             masks, boxes, meta = self._postprocess_small_regions(masks, boxes, meta, (h, w))
         records = []
         for mask, box, (crop, j) in zip(masks, boxes, meta, strict=True):

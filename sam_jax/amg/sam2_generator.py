@@ -20,8 +20,13 @@ Only what SAM 2 does differently lives here:
 - ``point_coords`` are float32, as the reference's tensors.
 
 As the reference, ``generate`` does not run ``postprocess_small_regions``: SAM 2 spends
-``min_mask_region_area`` on its predictor's hole / sprinkle removal, which is not done here (see
-:class:`SAM2AutomaticMaskGenerator`).
+``min_mask_region_area`` on its predictor's hole / sprinkle removal of every decoded mask's low-res
+logits (threshold 0, the predictor's default, whatever the generator's ``mask_threshold``), before
+they are upscaled, scored and filtered; the m2m refinement is fed the logits from before that
+clean-up, as in the reference. The clean-up is connected-component labelling, which has no XLA
+kernel: it runs on the host (:func:`~sam_jax.predictors.sam2.fill_holes_and_sprinkles`, OpenCV)
+through ``jax.pure_callback`` inside the jitted step, only when ``min_mask_region_area > 0``. The
+reference needs its CUDA extension for it and skips it (with a warning) without one.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from sam_jax.core.resize import Resize
 from sam_jax.models.sam2.model import Sam2
 from sam_jax.models.sam2.transforms import canvas_batch, transform_coords
 from sam_jax.ops.policy import ExecutionPolicy
+from sam_jax.predictors.sam2 import fill_holes_and_sprinkles
 
 # SAM2ImagePredictor._predict clamps the low-res logits it returns; m2m feeds those back as mask input.
 LOW_RES_CLAMP = 32.0
@@ -56,6 +62,8 @@ class Sam2Decode:
 
     multimask_output: bool
     use_m2m: bool
+    # SAM2ImagePredictor(max_hole_area=max_sprinkle_area=min_mask_region_area) of the reference.
+    min_region_area: float = 0.0
 
     def __call__(
         self,
@@ -82,7 +90,7 @@ class Sam2Decode:
 
         low, iou = in_chunks(decode(self.multimask_output), prompts, policy.prompt_chunk(prompts.coords.shape[0]))
         if not self.use_m2m:
-            return low, iou
+            return self._clean(low), iou
         p, c, m = low.shape[0], low.shape[1], low.shape[-1]
         repeat = lambda x: jnp.repeat(x, c, axis=0)  # mask k of point i is row i * c + k, as flatten(0, 1)
         refine = Prompts(
@@ -95,7 +103,15 @@ class Sam2Decode:
             mask_valid=jnp.ones((p * c,), bool),
         )
         low, iou = in_chunks(decode(False), refine, policy.prompt_chunk(p * c))
-        return low.reshape(p, c, m, m), iou.reshape(p, c)
+        return self._clean(low.reshape(p, c, m, m)), iou.reshape(p, c)
+
+    def _clean(self, low: Float[Array, "P C m m"]) -> Float[Array, "P C m m"]:
+        """The reference predictor's hole filling and sprinkle removal (threshold 0), on the host."""
+        if self.min_region_area <= 0:
+            return low
+        area = self.min_region_area
+        fill = lambda x: fill_holes_and_sprinkles(x, 0.0, area, area)
+        return jax.pure_callback(fill, jax.ShapeDtypeStruct(low.shape, jnp.float32), low)
 
 
 class SAM2AutomaticMaskGenerator(SamAutomaticMaskGenerator):
@@ -104,10 +120,12 @@ class SAM2AutomaticMaskGenerator(SamAutomaticMaskGenerator):
     docstring for their meaning. Extra: ``devices`` (default: every local device) are the mesh the
     work is sharded over.
 
-    Not supported: ``min_mask_region_area > 0`` (the reference spends it on its predictor's hole and
-    sprinkle removal, which needs its CUDA extension and is skipped without it); it raises
-    ``NotImplementedError``. The reference's catch-all ``**kwargs`` is not taken.
+    ``min_mask_region_area > 0`` fills holes and removes sprinkles of at most that many low-res
+    pixels in every decoded mask, as the reference's predictor does (on every platform here; the
+    reference needs its CUDA extension). The reference's catch-all ``**kwargs`` is not taken.
     """
+
+    _cleans_final_masks = False
 
     def __init__(
         self,
@@ -138,15 +156,9 @@ class SAM2AutomaticMaskGenerator(SamAutomaticMaskGenerator):
         for name, value in (("use_m2m", use_m2m), ("multimask_output", multimask_output)):
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{name} must be a bool, got {value!r}")
-        if isinstance(min_mask_region_area, (int, np.integer)) and min_mask_region_area > 0:
-            raise NotImplementedError(
-                "min_mask_region_area > 0 is not supported by SAM2AutomaticMaskGenerator (the reference "
-                "applies it as its predictor's hole / sprinkle removal); use 0"
-            )
         self.mask_threshold = float(mask_threshold)
         self.use_m2m = bool(use_m2m)
         self.multimask_output = bool(multimask_output)
-        self._decode = Sam2Decode(self.multimask_output, self.use_m2m)
         super().__init__(
             model,
             points_per_side=points_per_side,
@@ -164,6 +176,7 @@ class SAM2AutomaticMaskGenerator(SamAutomaticMaskGenerator):
             output_mode=output_mode,
             devices=devices,
         )
+        self._decode = Sam2Decode(self.multimask_output, self.use_m2m, float(self.min_mask_region_area))
 
     # ------------------------------------------------------------------------ per-family hooks
 
