@@ -1,5 +1,5 @@
-"""``sam-jax convert``: a PyTorch or transformers SAM checkpoint, or an official SAM 2 / 2.1 ``.pt``,
--> a sam_jax checkpoint directory."""
+"""``sam-jax convert``: a PyTorch or transformers SAM checkpoint, an official SAM 2 / 2.1 ``.pt`` or a
+transformers SAM 2 checkpoint -> a sam_jax checkpoint directory."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def convert_checkpoint(
     force: bool = False,
 ) -> Path:
     """Convert ``path`` (official ``.pth``, MedSAM, transformers ``SamModel``, official SAM 2 / 2.1
-    ``.pt``) into ``output_dir``.
+    ``.pt``, transformers ``Sam2Model`` / ``Sam2VideoModel``) into ``output_dir``.
 
     ``model_type`` (``vit_b``/``vit_l``/``vit_h``, ``sam2_hiera_*``/``sam2.1_hiera_*``, or a test
     config such as ``tiny``) is detected from the image encoder's shapes when None, and checked
@@ -33,6 +33,8 @@ def convert_checkpoint(
     attention, memory encoder, object pointers, ...) are checked as far as the config fixes them
     (:func:`sam2_rules.check_video_state_dict`) and kept as they are, official names and layouts, in
     ``output_dir/video.safetensors`` for the video predictor; ``sam_jax.load_sam`` reads the rest.
+    A SAM 2 file with no video tensor at all (transformers' ``Sam2Model`` saves none) converts to an
+    image-only directory, without ``video.safetensors``; one with some must have them all.
     Shows progress on stderr and prints a summary; returns the absolute output directory, which
     ``sam_jax.load_sam`` reads. ``force`` replaces an existing sam_jax checkpoint there.
 
@@ -55,9 +57,10 @@ def convert_checkpoint(
     video: dict = {}
     with tqdm(total=count, desc=f"mapping to {model_type}", unit="tensor") as bar:
         if sam2:
-            sam2_rules.check_video_state_dict(state_dict, config, source=f"{path} ({source})")
-            params = sam2_rules.to_params(state_dict, config, source=f"{path} ({source})")
             video = sam2_rules.split_state_dict(state_dict)[1]
+            if video:  # none at all (transformers' Sam2Model): an image-only directory
+                sam2_rules.check_video_state_dict(state_dict, config, source=f"{path} ({source})")
+            params = sam2_rules.to_params(state_dict, config, source=f"{path} ({source})")
         else:
             params = rules.to_params(state_dict, config, source=f"{path} ({source})")
         bar.update(count)
@@ -68,6 +71,11 @@ def convert_checkpoint(
         bar.update(count)
 
     kept = f" ({len(video)} video-only, kept in {sam2_rules.VIDEO_FILE})" if video else ""
+    if sam2 and not video:
+        kept = (
+            " (image model only: the file has no video tensors, so the directory serves SAM2ImagePredictor; "
+            "video needs Meta's .pt or a transformers Sam2VideoModel file)"
+        )
     n_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
     print(
         f"converted {path}\n"

@@ -29,7 +29,6 @@ _OTHER_MODELS: tuple[tuple[str, str], ...] = (
     ("image_encoder.trunk.", "SAM 2 (Hiera image encoder)"),
     ("sam_mask_decoder.", "SAM 2"),
     ("image_encoder.patch_embed.seq.", "MobileSAM (TinyViT image encoder)"),
-    ("vision_encoder.backbone.", "transformers Sam2Model (SAM 2)"),
 )
 
 
@@ -112,7 +111,8 @@ def detect_sam2_model_type(state_dict: Mapping[str, Any]) -> str:
     raise ValueError(
         f"this looks like SAM 2 {sizes[0]} (Hiera image encoder), but without the video tensors "
         f"({', '.join(_SAM2_VIDEO_KEYS)}) SAM 2 cannot be told from SAM 2.1: name the model type "
-        f"(sam2_hiera_{sizes[0]} or sam2.1_hiera_{sizes[0]})"
+        f"(sam2_hiera_{sizes[0]} or sam2.1_hiera_{sizes[0]}: their image models are the same, "
+        "they differ in the video tensors)"
     )
 
 

@@ -8,7 +8,9 @@ Formats, recognised from the file's content rather than its name:
   or ``{"state_dict": sd, ...}`` and possibly with every name prefixed by ``module.``
   (DistributedDataParallel) or ``sam.`` (a wrapper holding SAM as ``self.sam``);
 - transformers ``SamModel``: a directory, ``model.safetensors`` (read without torch) or
-  ``pytorch_model.bin``; names are mapped by :mod:`convert.transformers_names`.
+  ``pytorch_model.bin``; names are mapped by :mod:`convert.transformers_names`;
+- transformers ``Sam2Model`` / ``Sam2VideoModel`` (``facebook/sam2.1-hiera-*``), the same files;
+  names are mapped to SAM 2's by :mod:`convert.sam2_transformers`.
 
 PyTorch files are loaded with ``torch.load(weights_only=True)``: tensors and plain containers are
 unpickled, code never is, so a checkpoint that pickled other objects (a whole model, an argparse
@@ -30,6 +32,7 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
+from sam_jax.convert import sam2_transformers
 from sam_jax.convert.detect import SAM2_PREFIXES
 from sam_jax.convert.transformers_names import from_transformers, is_transformers_layout
 from sam_jax.models.sam.config import PIXEL_MEAN, PIXEL_STD
@@ -41,8 +44,6 @@ WRAPPER_KEYS = ("model", "state_dict")
 # Name prefixes added by training wrappers, stripped when every name carries one.
 PREFIXES = ("module.", "sam.")
 _NORMALISATION = {"pixel_mean": PIXEL_MEAN, "pixel_std": PIXEL_STD}
-# transformers' Sam2Model keeps its Hiera trunk under this prefix (SamModel: ``vision_encoder.layers``).
-TRANSFORMERS_SAM2_PREFIX = "vision_encoder.backbone."
 # Read as float32. Importing ml_dtypes (a JAX dependency) is also what lets safetensors.numpy read BF16.
 _CONVERTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float64), np.dtype(ml_dtypes.bfloat16))
 
@@ -71,13 +72,12 @@ def read_checkpoint(path: str | os.PathLike, *, progress: bool = False) -> tuple
     while prefix := next((p for p in PREFIXES if tensors and all(k.startswith(p) for k in tensors)), None):
         tensors = {k.removeprefix(prefix): v for k, v in tensors.items()}
         notes.append(f"stripped the prefix {prefix!r} from every name")
-    if any(k.startswith(TRANSFORMERS_SAM2_PREFIX) for k in tensors):
-        raise ValueError(
-            f"{file} is a transformers Sam2Model checkpoint (SAM 2 under transformers' names, "
-            f"{TRANSFORMERS_SAM2_PREFIX}*), which sam-jax convert does not read yet; convert Meta's "
-            "official file instead (sam2.1_hiera_{tiny,small,base_plus,large}.pt, a {'model': state_dict})"
-        )
-    if is_transformers_layout(tensors):
+    if sam2_transformers.is_transformers_sam2_layout(tensors):  # before SamModel's test: both use vision_encoder.*
+        tensors, renamed = sam2_transformers.from_transformers(tensors)
+        notes += renamed
+        video = any(k.startswith("memory_attention.") for k in tensors)
+        layout = f"transformers {'Sam2VideoModel' if video else 'Sam2Model'} names"
+    elif is_transformers_layout(tensors):
         tensors, renamed = from_transformers(tensors)
         notes += renamed
         layout = "transformers SamModel names"

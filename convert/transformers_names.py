@@ -85,18 +85,18 @@ DUPLICATES: dict[str, str] = {
 _FIELD = re.compile(r"\{(\w+)\}")
 
 
-def _compile(template: str) -> re.Pattern[str]:
+def compile_rule(template: str) -> re.Pattern[str]:
     """``a.{i}.b`` -> a regex matching the module path ``a.<digits>.b`` and anything below it."""
     parts = _FIELD.split(template)  # literal, field, literal, ...
     body = "".join(re.escape(p) if n % 2 == 0 else rf"(?P<{p}>\d+)" for n, p in enumerate(parts))
     return re.compile(body + r"(?P<rest>\..+)?")
 
 
-_TO_TRANSFORMERS = [(_compile(official), hf) for official, hf in _RULES]
-_TO_OFFICIAL = [(_compile(hf), official) for official, hf in _RULES]
+_TO_TRANSFORMERS = [(compile_rule(official), hf) for official, hf in _RULES]
+_TO_OFFICIAL = [(compile_rule(hf), official) for official, hf in _RULES]
 
 
-def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str | None:
+def rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str | None:
     for pattern, template in rules:
         match = pattern.fullmatch(key)
         if match:
@@ -108,12 +108,12 @@ def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str | None:
 
 def transformers_to_official(key: str) -> str | None:
     """Official name of a transformers ``SamModel`` tensor; None if no rule covers it."""
-    return _rename(key, _TO_OFFICIAL)
+    return rename(key, _TO_OFFICIAL)
 
 
 def official_to_transformers(key: str) -> str | None:
     """transformers ``SamModel`` name of an official SAM tensor; None if no rule covers it."""
-    return _rename(key, _TO_TRANSFORMERS)
+    return rename(key, _TO_TRANSFORMERS)
 
 
 def is_transformers_layout(keys: Iterable[str]) -> bool:

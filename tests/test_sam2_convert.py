@@ -190,10 +190,19 @@ def test_malformed_sam2_file_is_named(tmp_path):
         convert_checkpoint(path, tmp_path / "out")
 
 
-def test_transformers_sam2_layout_is_refused_by_name(tmp_path):
-    from safetensors.numpy import save_file
+def test_transformers_sam2_layout_is_read(tmp_path):
+    """transformers' names of the same state_dict (a Sam2VideoModel file: every tensor) convert to the
+    same parameters and video tensors; the Sam2Model checks are in test_sam2_convert_transformers.py."""
+    from safetensors.numpy import load_file, save_file
 
-    save_file({"vision_encoder.backbone.patch_embed.projection.weight": np.zeros((96, 3, 7, 7), np.float32)},
-              str(tmp_path / "model.safetensors"))  # fmt: skip
-    with pytest.raises(ValueError, match=r"is a transformers Sam2Model checkpoint .* does not read yet"):
-        convert_checkpoint(tmp_path, tmp_path / "out")
+    from sam_jax.convert.sam2_transformers import to_transformers
+
+    sd = _test_state_dict()
+    (tmp_path / "hf").mkdir()
+    save_file(to_transformers(sd), str(tmp_path / "hf" / "model.safetensors"))
+    out = convert_checkpoint(tmp_path / "hf", tmp_path / "out", model_type="sam2_test")
+    back = sam2_rules.to_state_dict(nnx.to_pure_dict(nnx.state(load_sam(out))), TEST)
+    image, video = sam2_rules.split_state_dict(sd)
+    assert back.keys() == image.keys() and all(np.array_equal(back[k], image[k]) for k in image)
+    kept = load_file(str(out / sam2_rules.VIDEO_FILE))
+    assert kept.keys() == video.keys() and all(np.array_equal(kept[k], video[k]) for k in video)
