@@ -106,7 +106,13 @@ def build_image_model(config: Sam2Config, params: Mapping | None = None, *, seed
     """
     if params is None:
         return Sam2(config, rngs=nnx.Rngs(seed))
-    graphdef, state = nnx.split(abstract_image_model(config))
+    return fill_abstract(abstract_image_model(config), params, f"SAM 2 {config.name}")
+
+
+def fill_abstract(model: nnx.Module, params: Mapping, what: str) -> nnx.Module:
+    """An abstract module (``nnx.eval_shape``) with every leaf taken from ``params`` (a nested pure
+    dict); raises :class:`ConversionError` listing every missing, extra and mis-shaped leaf."""
+    graphdef, state = nnx.split(model)
     want = {tuple(p): v.shape for p, v in nnx.to_flat_state(state)}
     got = {tuple(p): np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(dict(params))[0]}
     got = {tuple(getattr(k, "key", getattr(k, "idx", k)) for k in p): shape for p, shape in got.items()}
@@ -114,7 +120,7 @@ def build_image_model(config: Sam2Config, params: Mapping | None = None, *, seed
         missing = sorted(map(str, set(want) - set(got)))
         extra = sorted(map(str, set(got) - set(want)))
         wrong = sorted(f"{p}: expected {want[p]}, got {got[p]}" for p in set(want) & set(got) if want[p] != got[p])
-        raise ConversionError(f"params do not fit SAM 2 {config.name}: missing {missing}, extra {extra}, wrong {wrong}")
+        raise ConversionError(f"params do not fit {what}: missing {missing}, extra {extra}, wrong {wrong}")
     nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, dict(params)))
     return nnx.merge(graphdef, state)
 

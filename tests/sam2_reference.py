@@ -26,10 +26,12 @@ import numpy as np
 import torch
 from sam2.modeling.backbones.hieradet import Hiera
 from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
+from sam2.modeling.memory_attention import MemoryAttention, MemoryAttentionLayer
+from sam2.modeling.memory_encoder import CXBlock, Fuser, MaskDownSampler, MemoryEncoder
 from sam2.modeling.position_encoding import PositionEmbeddingSine
 from sam2.modeling.sam.mask_decoder import MaskDecoder
 from sam2.modeling.sam.prompt_encoder import PromptEncoder
-from sam2.modeling.sam.transformer import TwoWayTransformer
+from sam2.modeling.sam.transformer import RoPEAttention, TwoWayTransformer
 from sam2.modeling.sam2_base import SAM2Base
 
 from sam_jax.models.sam.config import PromptEncoderConfig
@@ -38,6 +40,9 @@ from sam_jax.models.sam2.config import (
     FpnNeckConfig,
     HieraConfig,
     ImageEncoderConfig,
+    MemoryAttentionConfig,
+    MemoryEncoderConfig,
+    RoPEAttentionConfig,
     Sam2Config,
     Sam2MaskDecoderConfig,
 )
@@ -195,6 +200,92 @@ def build_from_config(cfg: Sam2Config) -> SAM2Base:
         },
     )
     return model.eval()
+
+
+def build_rope_attention(cfg: RoPEAttentionConfig) -> RoPEAttention:
+    return RoPEAttention(
+        embedding_dim=cfg.embedding_dim,
+        num_heads=cfg.num_heads,
+        downsample_rate=cfg.downsample_rate,
+        dropout=cfg.dropout,
+        kv_in_dim=cfg.kv_in_dim,
+        rope_theta=cfg.rope_theta,
+        rope_k_repeat=cfg.rope_k_repeat,
+        feat_sizes=tuple(cfg.feat_sizes),
+    ).eval()
+
+
+def build_memory_attention(cfg: MemoryAttentionConfig) -> MemoryAttention:
+    layer = MemoryAttentionLayer(
+        activation=cfg.activation,
+        cross_attention=build_rope_attention(cfg.cross_attention),
+        d_model=cfg.d_model,
+        dim_feedforward=cfg.dim_feedforward,
+        dropout=cfg.dropout,
+        pos_enc_at_attn=cfg.pos_enc_at_attn,
+        pos_enc_at_cross_attn_keys=cfg.pos_enc_at_cross_attn_keys,
+        pos_enc_at_cross_attn_queries=cfg.pos_enc_at_cross_attn_queries,
+        self_attention=build_rope_attention(cfg.self_attention),
+    )
+    return MemoryAttention(
+        d_model=cfg.d_model,
+        pos_enc_at_input=cfg.pos_enc_at_input,
+        layer=layer,
+        num_layers=cfg.num_layers,
+        batch_first=cfg.batch_first,
+    ).eval()
+
+
+def build_memory_encoder(cfg: MemoryEncoderConfig) -> MemoryEncoder:
+    ds, cx = cfg.mask_downsampler, cfg.fuser_layer
+    return MemoryEncoder(
+        out_dim=cfg.out_dim,
+        mask_downsampler=MaskDownSampler(
+            embed_dim=ds.embed_dim,
+            kernel_size=ds.kernel_size,
+            stride=ds.stride,
+            padding=ds.padding,
+            total_stride=ds.total_stride,
+        ),
+        fuser=Fuser(
+            CXBlock(
+                dim=cx.dim,
+                kernel_size=cx.kernel_size,
+                padding=cx.padding,
+                drop_path=cx.drop_path,
+                layer_scale_init_value=cx.layer_scale_init_value,
+                use_dwconv=cx.use_dwconv,
+            ),
+            num_layers=cfg.fuser_num_layers,
+            dim=cx.dim,
+            input_projection=cfg.fuser_input_projection,
+        ),
+        position_encoding=PositionEmbeddingSine(
+            num_pos_feats=cfg.pos_num_pos_feats,
+            temperature=cfg.pos_temperature,
+            normalize=cfg.pos_normalize,
+            scale=cfg.pos_scale,
+        ),
+        in_dim=cfg.in_dim,
+    ).eval()
+
+
+def build_video_from_config(cfg: Sam2Config) -> SAM2Base:
+    """:func:`build_from_config` with the memory modules of ``cfg`` (and the memory-bank settings
+    ``build_from_config`` leaves at ``SAM2Base``'s defaults), so ``mem_dim`` and every video tensor
+    are those of the whole model."""
+    memory = {
+        "memory_attention": build_memory_attention(cfg.memory_attention),
+        "memory_encoder": build_memory_encoder(cfg.memory_encoder),
+        "max_cond_frames_in_attn": cfg.max_cond_frames_in_attn,
+        "memory_temporal_stride_for_eval": cfg.memory_temporal_stride_for_eval,
+        "binarize_mask_from_pts_for_mem_enc": cfg.binarize_mask_from_pts_for_mem_enc,
+        "non_overlap_masks_for_mem_enc": cfg.non_overlap_masks_for_mem_enc,
+    }
+    # build_from_config passes memory_attention=None / memory_encoder=None: add them on the way in.
+    base = SAM2Base
+    with mock.patch(f"{__name__}.SAM2Base", lambda **kw: base(**{**kw, **memory})):
+        return build_from_config(cfg)
 
 
 def random_tensor(key: str, shape: tuple[int, ...], seed: int) -> np.ndarray:

@@ -11,6 +11,7 @@ imports no JAX, so tooling can read configurations cheaply.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from sam_jax.models.sam.config import MaskDecoderConfig, PromptEncoderConfig
@@ -149,8 +150,134 @@ class Sam2MaskDecoderConfig(MaskDecoderConfig):
 
 
 @dataclasses.dataclass(frozen=True)
+class RoPEAttentionConfig:
+    """``sam2.modeling.sam.transformer.RoPEAttention``: attention with 2-D axial rotary encoding.
+
+    ``feat_sizes`` is ``(end_x, end_y)`` of the precomputed rotations (a square grid of another size
+    is recomputed at call time, as the reference does); ``rope_k_repeat`` repeats the query grid's
+    rotations over the keys (cross-attention to several memory frames of that grid). ``dropout`` is
+    training-only and ignored here.
+    """
+
+    embedding_dim: int = 256
+    num_heads: int = 1
+    downsample_rate: int = 1
+    kv_in_dim: int | None = None
+    rope_theta: float = 10000.0
+    rope_k_repeat: bool = False
+    feat_sizes: tuple[int, int] = (64, 64)
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        inner = self.embedding_dim // self.downsample_rate
+        if inner % self.num_heads or (inner // self.num_heads) % 4:
+            raise ValueError(
+                f"RoPE attention needs a head width ({inner} / {self.num_heads} heads) that is a multiple of 4"
+            )
+
+    @property
+    def internal_dim(self) -> int:
+        return self.embedding_dim // self.downsample_rate
+
+    @property
+    def kv_dim(self) -> int:
+        return self.embedding_dim if self.kv_in_dim is None else self.kv_in_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryAttentionConfig:
+    """``MemoryAttention`` and its (cloned) ``MemoryAttentionLayer``: self-attention of the current
+    frame's tokens, cross-attention to the memory, an MLP; pre-norm, LayerNorm eps 1e-5 (PyTorch's
+    default). Defaults are what every released yaml builds (the layer's constructor has none)."""
+
+    d_model: int = 256
+    num_layers: int = 4
+    pos_enc_at_input: bool = True
+    batch_first: bool = True
+    activation: str = "relu"
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    pos_enc_at_attn: bool = False
+    pos_enc_at_cross_attn_keys: bool = True
+    pos_enc_at_cross_attn_queries: bool = False
+    self_attention: RoPEAttentionConfig = RoPEAttentionConfig()
+    cross_attention: RoPEAttentionConfig = RoPEAttentionConfig(rope_k_repeat=True, kv_in_dim=64)
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.activation not in ("relu", "gelu"):
+            raise ValueError(f"activation must be 'relu' or 'gelu', got {self.activation!r}")
+        if not self.batch_first:
+            raise ValueError("only batch_first=True (every released config) is supported")
+        for name in ("self_attention", "cross_attention"):
+            if getattr(self, name).embedding_dim != self.d_model:
+                raise ValueError(f"{name}.embedding_dim must equal d_model {self.d_model}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskDownSamplerConfig:
+    """``MaskDownSampler``: ``log_stride(total_stride)`` blocks of conv (channels x stride**2),
+    LayerNorm2d (eps 1e-6), GELU, then a 1x1 conv to ``embed_dim``. Defaults: the released yamls'
+    (the constructor's are kernel 4, stride 4, padding 0)."""
+
+    embed_dim: int = 256
+    kernel_size: int = 3
+    stride: int = 2
+    padding: int = 1
+    total_stride: int = 16
+    layer_norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.stride**self.num_layers != self.total_stride:
+            raise ValueError(f"total_stride {self.total_stride} must be a power of stride {self.stride}")
+
+    @property
+    def num_layers(self) -> int:
+        return int(math.log2(self.total_stride) // math.log2(self.stride))
+
+
+@dataclasses.dataclass(frozen=True)
+class CXBlockConfig:
+    """``CXBlock`` (ConvNeXt): depthwise conv, LayerNorm2d (eps 1e-6), Linear 4x, GELU, Linear,
+    layer scale ``gamma``; residual. ``drop_path`` is training-only."""
+
+    dim: int = 256
+    kernel_size: int = 7
+    padding: int = 3
+    layer_scale_init_value: float = 1e-6
+    use_dwconv: bool = True
+    drop_path: float = 0.0
+    layer_norm_eps: float = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEncoderConfig:
+    """``MemoryEncoder(out_dim, mask_downsampler, fuser=Fuser(CXBlock, num_layers), position_encoding)``:
+    ``in_dim``-channel image features plus the downsampled mask, fused, projected to ``out_dim``,
+    with the sine encoding (``PositionEmbeddingSine(pos_num_pos_feats, ...)``) of the result."""
+
+    out_dim: int = 64
+    in_dim: int = 256
+    mask_downsampler: MaskDownSamplerConfig = MaskDownSamplerConfig()
+    fuser_layer: CXBlockConfig = CXBlockConfig()
+    fuser_num_layers: int = 2
+    fuser_input_projection: bool = False
+    pos_num_pos_feats: int = 64
+    pos_temperature: float = 10000.0
+    pos_normalize: bool = True
+    pos_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask_downsampler.embed_dim != self.in_dim or self.fuser_layer.dim != self.in_dim:
+            raise ValueError(
+                f"mask_downsampler.embed_dim ({self.mask_downsampler.embed_dim}) and fuser_layer.dim "
+                f"({self.fuser_layer.dim}) must equal in_dim ({self.in_dim})"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class Sam2Config:
-    """The whole model (``SAM2Base``'s image path plus its scalar video settings).
+    """The whole model (``SAM2Base``'s image path, its video settings and memory modules).
 
     ``name`` is the registry key it was built from; ``family`` tags the model family for a
     registry shared with SAM 1. Decoder flags live in :attr:`mask_decoder` only (the reference
@@ -173,7 +300,7 @@ class Sam2Config:
     soft_no_obj_ptr: bool = False
     no_obj_embed_spatial: bool = False
     use_mask_input_as_output_without_sam: bool = True
-    # Video (memory) settings, read by the memory modules that are still to come.
+    # Video (memory) settings, read by the memory modules (:mod:`sam_jax.models.sam2.video_model`).
     num_maskmem: int = 7
     sigmoid_scale_for_mem_enc: float = 20.0
     sigmoid_bias_for_mem_enc: float = -10.0
@@ -184,13 +311,48 @@ class Sam2Config:
     use_signed_tpos_enc_to_obj_ptrs: bool = False
     only_obj_ptrs_in_the_past_for_eval: bool = True
     use_mlp_for_obj_ptr_proj: bool = True
+    # Memory-bank settings at evaluation (SAM2Base's defaults, which build_sam2 keeps;
+    # build_sam2_video_predictor overrides binarize_mask_from_pts_for_mem_enc to True).
+    max_cond_frames_in_attn: int = -1
+    memory_temporal_stride_for_eval: int = 1
+    binarize_mask_from_pts_for_mem_enc: bool = False
+    non_overlap_masks_for_mem_enc: bool = False
+    memory_attention: MemoryAttentionConfig = MemoryAttentionConfig()
+    memory_encoder: MemoryEncoderConfig = MemoryEncoderConfig()
     pixel_mean: tuple[float, float, float] = PIXEL_MEAN
     pixel_std: tuple[float, float, float] = PIXEL_STD
     mask_threshold: float = 0.0
 
+    def __post_init__(self) -> None:
+        d = self.image_encoder.neck.d_model
+        att, enc = self.memory_attention, self.memory_encoder
+        if att.d_model != d or enc.in_dim != d:
+            raise ValueError(
+                f"memory_attention.d_model ({att.d_model}) and memory_encoder.in_dim ({enc.in_dim}) "
+                f"must equal the neck's d_model ({d})"
+            )
+        if att.cross_attention.kv_dim != self.mem_dim:
+            raise ValueError(
+                f"memory_attention.cross_attention.kv_in_dim ({att.cross_attention.kv_dim}) must equal "
+                f"the memory width {self.mem_dim}"
+            )
+        if d % self.mem_dim:
+            raise ValueError(f"the memory width {self.mem_dim} must divide d_model {d} (object-pointer tokens)")
+
     @property
     def img_size(self) -> int:
         return self.image_size
+
+    @property
+    def hidden_dim(self) -> int:
+        """``SAM2Base.hidden_dim``: the neck's width."""
+        return self.image_encoder.neck.d_model
+
+    @property
+    def mem_dim(self) -> int:
+        """``SAM2Base.mem_dim``: the memory encoder's output width (its ``out_proj``; the input
+        width when there is none)."""
+        return self.memory_encoder.out_dim
 
     @property
     def use_high_res_features_in_sam(self) -> bool:
@@ -224,7 +386,20 @@ class Sam2Config:
             return {k: tuple(v) if isinstance(v, list) else v for k, v in sub.items()}
 
         enc = d["image_encoder"]
-        top = tuples({k: v for k, v in d.items() if k not in ("image_encoder", "prompt_encoder", "mask_decoder")})
+        nested = ("image_encoder", "prompt_encoder", "mask_decoder", "memory_attention", "memory_encoder")
+        top = tuples({k: v for k, v in d.items() if k not in nested})
+        # Configs written before the memory modules were ported carry neither: the released defaults.
+        memory = {}
+        if "memory_attention" in d:
+            att = dict(d["memory_attention"])
+            for name in ("self_attention", "cross_attention"):
+                att[name] = RoPEAttentionConfig(**tuples(att[name]))
+            memory["memory_attention"] = MemoryAttentionConfig(**att)
+        if "memory_encoder" in d:
+            me = dict(d["memory_encoder"])
+            me["mask_downsampler"] = MaskDownSamplerConfig(**me["mask_downsampler"])
+            me["fuser_layer"] = CXBlockConfig(**me["fuser_layer"])
+            memory["memory_encoder"] = MemoryEncoderConfig(**me)
         return cls(
             image_encoder=ImageEncoderConfig(
                 trunk=HieraConfig(**tuples(enc["trunk"])),
@@ -233,6 +408,7 @@ class Sam2Config:
             ),
             prompt_encoder=PromptEncoderConfig(**d["prompt_encoder"]),
             mask_decoder=Sam2MaskDecoderConfig(**d["mask_decoder"]),
+            **memory,
             **top,
         )
 
@@ -309,6 +485,27 @@ def _test(name: str) -> Sam2Config:
         mask_decoder=Sam2MaskDecoderConfig(transformer_dim=dim),
         image_size=128,
         no_obj_embed_spatial=True,
+        # Memory: 16-wide (two object-pointer tokens per pointer), RoPE over the 8x8 grid with two
+        # heads of width 16 (the released models use one head of 256).
+        memory_attention=MemoryAttentionConfig(
+            d_model=dim,
+            num_layers=2,
+            dim_feedforward=64,
+            self_attention=RoPEAttentionConfig(embedding_dim=dim, num_heads=2, feat_sizes=(8, 8)),
+            cross_attention=RoPEAttentionConfig(
+                embedding_dim=dim, num_heads=2, feat_sizes=(8, 8), rope_k_repeat=True, kv_in_dim=16
+            ),
+        ),
+        memory_encoder=MemoryEncoderConfig(
+            out_dim=16,
+            in_dim=dim,
+            mask_downsampler=MaskDownSamplerConfig(embed_dim=dim),
+            fuser_layer=CXBlockConfig(dim=dim),
+            pos_num_pos_feats=16,
+        ),
+        add_tpos_enc_to_obj_ptrs=True,
+        proj_tpos_enc_in_obj_ptrs=True,
+        use_signed_tpos_enc_to_obj_ptrs=True,
     )
 
 
