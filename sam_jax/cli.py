@@ -168,6 +168,38 @@ def _is_demo_sample(path: Path, image_size: list[int]) -> bool:
     return list(sample.shape[:2]) == list(image_size) and np.array_equal(read_image(path), sample)
 
 
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        formatter_class=HelpFormatter,
+        help="export a model's encoder and decoder as portable jax.export programs",
+        description=(
+            "Write the image encoder and the prompt+mask decoder of a sam_jax checkpoint as serialized "
+            "StableHLO (jax.export; cpu, cuda and tpu), its weights and manifest.json to OUTPUT_DIR. "
+            "sam_jax.export.runtime.ExportedSam runs them without sam_jax's model code."
+        ),
+    )
+    parser.add_argument("checkpoint", type=Path, help="sam_jax checkpoint directory (see `sam-jax convert`)")
+    parser.add_argument("output_dir", type=Path, help="directory to write the export to")
+    parser.add_argument(
+        "--point-slots",
+        type=lambda t: [int(v) for v in t.split(",")],
+        default="1,2,4,8,16",
+        help="point-slot buckets to export decoders for (powers of two; clicks + 1 padding point)",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite an export in OUTPUT_DIR")
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from sam_jax.build import load_sam
+    from sam_jax.export.writer import export_model
+
+    manifest = export_model(load_sam(args.checkpoint), args.output_dir, point_slots=args.point_slots, force=args.force)
+    print(f"{args.output_dir}: encoder + {len(manifest['decoders'])} decoder programs ({manifest['family']})")
+    return 0
+
+
 def _add_amg(subparsers: argparse._SubParsersAction) -> None:
     from sam_jax.amg.cli import add_parser
 
@@ -190,6 +222,7 @@ def _add_annotate(subparsers: argparse._SubParsersAction) -> None:
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_convert,
     _add_segment,
+    _add_export,
     _add_amg,
     _add_train,
     _add_annotate,
@@ -212,6 +245,7 @@ _RERUN = {
     "train": "run the same command again to resume from the last checkpoint in WORKDIR",
     "evaluate": "no result; run it again (nothing is saved part-way)",
     "segment": "run it again (outputs are written atomically; some may be missing)",
+    "export": "the output is incomplete; run it again with --force",
     "amg": "run the same command again to resume",
     "annotate": "stopped; every saved annotation is on disk, run the same command to continue",
 }
