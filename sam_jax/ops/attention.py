@@ -4,8 +4,9 @@ The encoder's attention is ``softmax(q k^T + bias) v`` with SAM's decomposed rel
 bias ``rel_h[q, kh] + rel_w[q, kw]``. Under a blocked policy (CPUs) it runs one head and a block
 of query rows at a time, so the scores stay in cache (each row still takes its softmax over every
 key: the result is the unblocked one); windows run one at a time; token-wise layers run a slice
-of tokens at a time. Otherwise every op runs whole. Accelerator kernels (a fused Pallas attention
-that adds the bias per tile) belong here, selected by the policy.
+of tokens at a time. Otherwise every op runs whole. ``policy.attention_kernel`` picks what computes
+the attention itself: XLA (above), the fused Pallas kernel that adds the bias per tile
+(:mod:`sam_jax.ops.flash_attention`), or cuDNN's fused attention where it applies.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from sam_jax.ops.flash_attention import flash_attention
 from sam_jax.ops.policy import ExecutionPolicy
 
 
@@ -88,6 +90,14 @@ def _attend(
     return jnp.einsum("...qk,...kd->...qd", weights, v) / weights.sum(axis=-1, keepdims=True)
 
 
+def cudnn_applies(q: Float[Array, "Z Q d"], k: Float[Array, "Z K d"]) -> bool:
+    """Whether cuDNN's fused attention takes these operands (given no bias): bf16/fp16 (cuDNN has
+    no fp32 flash attention) with a head dim that is a multiple of 8, at most 128 (Hopper takes
+    256, but the limit is checked against the device at trace time; 128 holds everywhere)."""
+    d = q.shape[-1]
+    return q.dtype in (jnp.bfloat16, jnp.float16) and k.dtype == q.dtype and d % 8 == 0 and d <= 128
+
+
 def attention(
     q: Float[Array, "Z Q d"],
     k: Float[Array, "Z K d"],
@@ -97,8 +107,18 @@ def attention(
     policy: ExecutionPolicy,
 ) -> Float[Array, "Z Q d"]:
     """Attention of ``Z`` independent heads (``q`` already scaled; ``Q`` queries over ``K`` keys)
-    with an optional decomposed bias (see :func:`_attend`). Blocked, when one head's scores exceed
+    with an optional decomposed bias (see :func:`_attend`), computed by
+    ``policy.attention_kernel``. XLA blocked, when one head's scores exceed
     ``policy.score_block``: a head and a block of query rows at a time."""
+    kernel = policy.attention_kernel
+    if kernel == "cudnn" and rel_h is None and cudnn_applies(q, k):
+        # (Z, T, d) as cuDNN's (B, T, N=1, H); the scale is already in q.
+        out = jax.nn.dot_product_attention(
+            q[:, :, None], k[:, :, None], v[:, :, None], scale=1.0, implementation="cudnn"
+        )
+        return out[:, :, 0]
+    if kernel != "xla":
+        return flash_attention(q, k, v, rel_h, rel_w, interpret=policy.interpret)
     queries, keys = q.shape[1], k.shape[1]
     if not policy.blocked or queries * keys <= policy.score_block:
         return _attend(q, k, v, rel_h, rel_w)
