@@ -1,7 +1,7 @@
 """sam_jax against the PyTorch reference, in one run on one machine: prints a table and writes
 ``benchmarks/RESULTS.md`` (and the raw figures as ``RESULTS.json``).
 
-    python benchmarks/run.py [--models vit_b,vit_h] [--quick] [--bf16] [--threads N] [--workdir DIR]
+    python benchmarks/run.py [--models vit_b,vit_h,sam2.1_hiera_tiny] [--quick] [--bf16] [--threads N] [--workdir DIR]
 
 Both sides hold the same random weights (the parity fixtures' ``random_state_dict(seed=0)``), see
 the same real photo (``skimage.data``) and the same prompts, and run on the same cores with the
@@ -10,7 +10,9 @@ workers are ``reference.py``, ``ours.py`` and ``startup.py`` next to this file. 
 medians of ``--repeats`` runs after one untimed warm-up call on both sides. Nothing here assumes a
 CPU: JAX uses its default backend and the reference uses CUDA when torch sees a GPU.
 
-The AMG and start-up sections run for the first model only (the decoder, hence most of AMG, is the
+SAM 2 / 2.1 model types in ``--models`` are run by ``sam2_speed.py`` (set_image, 1-point predict and
+AMG at 32 points per side with a realistic mask set, against Meta's sam2 in one process) and their
+tables appended. The AMG and start-up sections run for the first model only (the decoder, hence most of AMG, is the
 same for every model size); further models add the encoder, decoder, memory and FLOP/s rows.
 """
 
@@ -199,7 +201,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="vit_b", help="comma-separated: vit_b,vit_l,vit_h")
+    parser.add_argument(
+        "--models",
+        default="vit_b",
+        help="comma-separated: vit_b,vit_l,vit_h and SAM 2 / 2.1 types (sam2.1_hiera_tiny, ...; run by sam2_speed.py)",
+    )
     parser.add_argument("--quick", action="store_true", help="AMG on a 16x16 point grid instead of 32x32")
     parser.add_argument("--bf16", action="store_true", help="also run sam_jax in bf16 (sam_jax.runtime.precision)")
     parser.add_argument("--threads", type=int, default=harness.usable_cores(), help="cores/threads for both sides")
@@ -220,13 +226,17 @@ def main() -> None:
     load_before = os.getloadavg()
 
     results: dict[str, Any] = {}
+    sam2_sections: list[str] = []
+    report = ""
     with contextlib.ExitStack() as stack:
         if args.workdir:
             tmp = Path(args.workdir)
             tmp.mkdir(parents=True, exist_ok=True)
         else:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sam_jax_bench_")))
-        models = args.models.split(",")
+        all_models = args.models.split(",")
+        sam2_models = [m for m in all_models if m.startswith("sam2")]
+        models = [m for m in all_models if m not in sam2_models]
         for model in models:
             model_skip = skip if model == models[0] else skip | {"amg", "startup"}
             common = ["--model", model, "--threads", str(args.threads), "--image", args.image]
@@ -257,8 +267,30 @@ def main() -> None:
             report = render(results, args, started, load_before, os.getloadavg())
             Path(args.results).write_text(report)
             Path(args.results).with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+        for model in sam2_models:
+            sam2_sections.append(_sam2_section(model, args, tmp))
+            report = (render(results, args, started, load_before, os.getloadavg()) if results else "") + "\n".join(
+                sam2_sections
+            )
+            Path(args.results).write_text(report)
     print("\n" + report)
     print(f"wrote {args.results}")
+
+
+def _sam2_section(model: str, args: argparse.Namespace, tmp: Path) -> str:
+    """A SAM 2 model's rows: ``sam2_speed.py`` (set_image, 1-point predict and AMG at 32 points per
+    side against Meta's sam2, interleaved in one process), its Markdown under a ``##`` heading."""
+    out = tmp / f"sam2_{model}.md"
+    if out.is_file():
+        print(f"# {out.name}: kept from an earlier run in this work directory", flush=True)
+        REUSED.append(out.name)
+    else:
+        cmd = [sys.executable, str(HERE / "sam2_speed.py"), "--model", model, "--threads", str(args.threads)]
+        cmd += ["--rounds", str(args.repeats), "--results", str(out)]
+        print("$", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True)
+    text = out.read_text()
+    return "\n#" + text if text.startswith("# ") else "\n" + text
 
 
 def _summarise(entry: dict[str, Any]) -> dict[str, Any]:
