@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+from flax import nnx
 
 from sam_jax.io import read_image, write_json, write_png
-from sam_jax.models.sam.model import Sam
-from sam_jax.predictors.sam import SamPredictor
+from sam_jax.predictors import image_predictor
 from sam_jax.visualize import overlay
 
 
@@ -34,7 +34,7 @@ def check_prompts_inside(
 
 
 def segment_to_files(
-    model: Sam,
+    model: nnx.Module,
     image_path: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
@@ -61,13 +61,17 @@ def segment_to_files(
     if points is None and boxes is None:
         raise ValueError("give at least one point or box")
     check_prompts_inside(image.shape[:2], points, boxes)
-    predictor = SamPredictor(model)
+    predictor = image_predictor(model)  # SamPredictor or SAM2ImagePredictor, by the model's family
     predictor.set_image(image)
     if boxes is not None and len(boxes) > 1:
-        masks, scores, _ = predictor.predict_batch(boxes=boxes, multimask_output=multimask_output)
+        if model.config.family == "sam":
+            masks, scores, _ = predictor.predict_batch(boxes=boxes, multimask_output=multimask_output)
+        else:  # SAM 2 takes a (B, 4) box batch in predict
+            masks, scores, _ = predictor.predict(box=boxes, multimask_output=multimask_output)
     else:
         m, s, _ = predictor.predict(points, labels, None if boxes is None else boxes[0], None, multimask_output)
         masks, scores = m[None], s[None]
+    masks = np.asarray(masks).astype(bool)  # SAM 2's predictor returns float 0/1 masks, as its reference
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = []

@@ -20,6 +20,19 @@ if TYPE_CHECKING:
     from sam_jax.amg.sam2_generator import SAM2AutomaticMaskGenerator
 
 
+# Family tag (``config.family``) -> the family's generator.
+GENERATORS = {"sam": "SamAutomaticMaskGenerator", "sam2": "SAM2AutomaticMaskGenerator"}
+
+
+def mask_generator(model: Any, **kwargs: Any) -> Any:
+    """The automatic mask generator of ``model``'s family, built on ``model`` with ``kwargs`` (the
+    reference's arguments; each family keeps its reference's defaults)."""
+    tag = getattr(getattr(model, "config", None), "family", None)
+    if tag not in GENERATORS:
+        raise TypeError(f"expected a sam_jax model (families {sorted(GENERATORS)}), got {type(model).__name__}")
+    return __getattr__(GENERATORS[tag])(model, **kwargs)
+
+
 def __getattr__(name: str) -> Any:
     if name not in _MODULES:
         raise AttributeError(f"module 'sam_jax.amg' has no attribute {name!r}")

@@ -15,7 +15,9 @@ from typing import Any
 DESCRIPTION = (
     "Runs automatic mask generation on an input image or a folder of images (walked recursively) and "
     "writes, per image, a folder of PNG masks with metadata.csv or, with --convert-to-rle, one COCO-RLE "
-    "JSON. Finished images are skipped on restart. Under jax.distributed each process takes its share."
+    "JSON. Finished images are skipped on restart. Under jax.distributed each process takes its share. "
+    "A SAM 2 checkpoint runs SAM 2's generator, whose reference defaults differ (pred_iou_thresh 0.8, "
+    "min_mask_region_area spent on its predictor's hole filling); the defaults shown are SAM 1's."
 )
 EPILOG = (
     "Exit status: 0 when every input image was processed (or was already done); 1 when some input could "
@@ -114,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from sam_jax.amg import mask_generator
     from sam_jax.amg.dataset import list_jobs, run_jobs, shard
-    from sam_jax.amg.generator import SamAutomaticMaskGenerator
     from sam_jax.build import load_sam, sam_model_registry
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -137,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--model-type must be one of {sorted(sam_model_registry)}, got {args.model_type!r}")
     rle = args.convert_to_rle
     # Settings are checked (ValueError naming the bad one) before anything is read or written.
-    generator = SamAutomaticMaskGenerator(
+    # The checkpoint's family picks the generator (SAM 1 or SAM 2, each with its reference's defaults).
+    generator = mask_generator(
         model, output_mode="coco_rle" if rle else "binary_mask", devices=devices, **amg_kwargs(args)
     )
     log.info(
