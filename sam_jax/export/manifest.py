@@ -5,7 +5,7 @@ Python, no JAX."""
 from __future__ import annotations
 
 FORMAT = "sam_jax.export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 # Every weight leaf in program order (``p00000``, ``p00001``, ...), plus the decoder's positional
 # encoding of the embedding grid under ``image_pe``.
@@ -15,8 +15,8 @@ IMAGE_PE = "image_pe"
 # predictors run on a CPU), one for accelerators (the whole batch, whole ops).
 ENCODER_CPU = "encoder_cpu"
 ENCODER_ACCEL = "encoder_accel"
-# Decoder programs, one per ``multimask_output``.
-DECODERS = {True: "decoder_multimask", False: "decoder_single"}
+# The mask postprocessing (low-res logits to the original image size), for every platform.
+POSTPROCESS = "postprocess"
 
 
 def artifact_file(name: str) -> str:
@@ -27,3 +27,8 @@ def artifact_file(name: str) -> str:
 def param_key(i: int) -> str:
     """Key of weight leaf ``i`` in :data:`PARAMS`."""
     return f"p{i:05d}"
+
+
+# The decoder's prompt inputs (:class:`sam_jax.core.prompts.Prompts`' fields, in order); a program
+# takes the box and mask fields only if its kind has them.
+PROMPT_FIELDS = ("point_coords", "point_labels", "point_valid", "boxes", "box_valid", "mask_input", "mask_valid")

@@ -1,27 +1,27 @@
 """The exported programs: the image step and the prompt step of :mod:`sam_jax.core` as pure
-functions of flat arguments (weight leaves, arrays), traced with symbolic sizes and lowered by
-``jax.export`` for several platforms at once.
+functions of flat arguments (weight leaves, arrays), lowered by ``jax.export`` for several
+platforms at once.
 
 - encoder ``(weights, images (B, S, S, 3), input_sizes (B, 2)) -> features`` (one array per
-  feature, leading ``B``), :func:`sam_jax.core.image.embed`;
-- decoder ``(weights, image_pe, features of one image, prompts (P prompts, N point slots),
-  size_like (H, W, 0)) -> masks, mask_logits, iou_predictions, low_res_logits``:
-  :func:`sam_jax.core.decode.decode` then the reference's postprocessing to ``(H, W)``
-  (:func:`sam_jax.core.decode.postprocess` with the resize built on the device,
-  :mod:`sam_jax.export.resize`). The original size is the shape of the empty ``size_like``
-  array: an output's size must be an input's size in a compiled program, and so the one program
-  serves every image size.
+  feature, leading ``B``), :func:`sam_jax.core.image.embed`, for a symbolic batch ``B``;
+- decoder ``(weights, image_pe, features of one image, prompts (P prompts, N point slots)) ->
+  low_res_logits, iou_predictions``: :func:`sam_jax.core.decode.decode`. ``P`` and ``N`` are
+  static, one program per bucket (:class:`DecoderKind`): with a symbolic prompt count XLA
+  compiles the decoder differently and its logits differ from the jitted path's by up to 1.5e-5;
+- postprocess ``(low_res_logits (K, m, m), size_like (H, W, 0)) -> masks, mask_logits``: the
+  reference's upscaling to the original image (:func:`sam_jax.core.decode.postprocess` with the
+  resize built on the device, :mod:`sam_jax.export.resize`). ``K``, ``H`` and ``W`` are symbolic;
+  the original size is the shape of the empty ``size_like`` array (an output's size must be an
+  input's size in a compiled program), so one program serves every image size, bit for bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax import export
@@ -30,11 +30,10 @@ from sam_jax.core.decode import _decode_graph, postprocess
 from sam_jax.core.image import dense_pe, embed
 from sam_jax.core.prompts import Prompts
 from sam_jax.core.resize import Resize
+from sam_jax.export import manifest as mf
 from sam_jax.export.resize import resize_for_size
 from sam_jax.ops.policy import XLA, ExecutionPolicy
 
-# SAM2ImagePredictor clamps the low-res logits it returns (sam_jax.predictors.sam2.LOW_RES_CLAMP).
-SAM2_LOW_RES_CLAMP = 32.0
 CPU = ("cpu",)
 ACCELERATORS = ("cuda", "tpu")
 
@@ -146,150 +145,118 @@ def _resize_program(mask_size: int, img_size: int | None, platforms: tuple[str, 
 
 @dataclasses.dataclass(frozen=True)
 class DecoderKind:
-    """Which decoder program: its ``multimask_output``, its static point slots, and whether its
-    prompts carry boxes and mask inputs. Prompts without a box (or mask) are a different, cheaper
-    program in the jitted path too (:func:`sam_jax.core.prompts.drop_absent`), whose rounding
-    differs; one program per kind keeps the exported results the jitted path's exactly."""
+    """One decoder program: its ``multimask_output``, its static prompt count ``num_prompts`` (a
+    bucket: the loader pads to it and drops the padding, as the predictors pad to
+    :func:`~sam_jax.runtime.sharding.padded_batch_size`), its static point slots ``num_slots``
+    (:func:`~sam_jax.core.prompts.point_bucket`), and whether its prompts carry boxes and mask
+    inputs. Prompts without a box (or mask) are a different, cheaper program in the jitted path
+    too (:func:`sam_jax.core.prompts.drop_absent`), whose rounding differs; all sizes but the
+    original image's ``(H, W)`` are static, so XLA compiles what the jitted path compiles and the
+    results are the jitted path's bit for bit.
+
+    ``target``: ``"all"`` (cpu, cuda, tpu), or ``"cpu"`` / ``"accel"`` where the platforms'
+    execution policies step the prompts differently (:func:`decoder_targets`)."""
 
     multimask_output: bool
+    num_prompts: int
     num_slots: int
     box: bool
     mask: bool
-    min_prompts: int = 1
-    max_prompts: int | None = None
+    target: str = "all"
 
     @property
     def name(self) -> str:
-        parts = ["decoder", "multi" if self.multimask_output else "single", f"n{self.num_slots}"]
-        parts += ["box"] * self.box + ["mask"] * self.mask
-        return "_".join([*parts, f"p{self.min_prompts}-{self.max_prompts or 'inf'}"])
+        parts = ["decoder", "multi" if self.multimask_output else "single", f"p{self.num_prompts}"]
+        parts += [f"n{self.num_slots}", *["box"] * self.box, *["mask"] * self.mask]
+        return "_".join(parts + ([] if self.target == "all" else [self.target]))
+
+
+# Platforms and execution policy of each decoder target.
+CPU_POLICY = ExecutionPolicy.for_platform("cpu")
+ACCEL_POLICY = ExecutionPolicy()
+TARGETS = {"all": (CPU + ACCELERATORS, ACCEL_POLICY), "cpu": (CPU, CPU_POLICY), "accel": (ACCELERATORS, ACCEL_POLICY)}
+
+
+def decoder_targets(num_prompts: int) -> tuple[str, ...]:
+    """Targets exported for ``num_prompts``: one program for every platform where the CPU policy
+    decodes the prompts in one step as the accelerators' does (:meth:`ExecutionPolicy.prompt_chunk`),
+    else one per policy (the CPU's steps ``prompts_per_device`` prompts at a time, as the
+    predictors on a CPU do)."""
+    if CPU_POLICY.prompt_chunk(num_prompts) == ACCEL_POLICY.prompt_chunk(num_prompts):
+        return ("all",)
+    return ("cpu", "accel")
 
 
 def decoder_inputs(facts: ModelFacts, kind: DecoderKind) -> list[tuple[str, str, str]]:
     """``(name, shape, dtype)`` of the decoder's array inputs after the weights and ``image_pe``,
-    in order; shapes name the symbolic sizes ``P`` (prompts), ``H`` and ``W`` (the original image)."""
-    m, n = facts.mask_size, kind.num_slots
+    in order; all static."""
+    m, n, p = facts.mask_size, kind.num_slots, kind.num_prompts
     out = [
         (name, " ".join(map(str, shape)), "float32")
         for name, shape in zip(facts.feature_names, facts.feature_shapes, strict=True)
     ]
     out += [
-        ("point_coords", f"P {n} 2", "float32"),
-        ("point_labels", f"P {n}", "int32"),
-        ("point_valid", f"P {n}", "bool"),
+        ("point_coords", f"{p} {n} 2", "float32"),
+        ("point_labels", f"{p} {n}", "int32"),
+        ("point_valid", f"{p} {n}", "bool"),
     ]
     if kind.box:
-        out += [("boxes", "P 4", "float32"), ("box_valid", "P", "bool")]
+        out += [("boxes", f"{p} 4", "float32"), ("box_valid", f"{p}", "bool")]
     if kind.mask:
-        out += [("mask_input", f"P {m} {m}", "float32"), ("mask_valid", "P", "bool")]
-    return [*out, ("size_like", "H W 0", "uint8")]
+        out += [("mask_input", f"{p} {m} {m}", "float32"), ("mask_valid", f"{p}", "bool")]
+    return out
 
 
 DECODER_OUTPUTS = (
-    ("masks", "P C H W", "bool"),
-    ("mask_logits", "P C H W", "float32"),
-    ("iou_predictions", "P C", "float32"),
     ("low_res_logits", "P C m m", "float32"),
+    ("iou_predictions", "P C", "float32"),
 )
+POSTPROCESS_INPUTS = (("low_res_logits", "K m m", "float32"), ("size_like", "H W 0", "uint8"))
+POSTPROCESS_OUTPUTS = (("masks", "K H W", "bool"), ("mask_logits", "K H W", "float32"))
 
 
-def export_decoder(model: nnx.Module, platforms: tuple[str, ...], kind: DecoderKind) -> export.Exported:
-    """The prompt step of one image for symbolic ``P`` prompts and an original image of symbolic
-    ``(H, W)``, with the reference's postprocessing (module docstring); ``C`` is 3 with
-    ``multimask_output``, else 1.
-
-    The point slots are static: the decoder's cross attentions choose their evaluation order from
-    the token count (:func:`sam_jax.ops.cross_attention.factored_is_cheaper`, a Python decision on
-    shapes), which a symbolic count leaves undecided. One program per slot bucket (the predictors'
-    :func:`~sam_jax.core.prompts.point_bucket`) makes the jitted path's choice."""
-    if kind.box and model_facts(model).family != "sam":
-        raise ValueError("SAM 2 takes boxes as two points (labels 2 and 3): its decoders have no box input")
+def export_decoder(model: nnx.Module, kind: DecoderKind) -> export.Exported:
+    """The prompt step of one image for ``kind``'s static prompts: low-res logits ``(P, C, m, m)``
+    (``C`` is 3 with ``multimask_output``, else 1) and IoU predictions ``(P, C)``, as
+    :func:`sam_jax.core.decode.decode` gives them. Lowered for ``kind.target``'s platforms with
+    its policy."""
     facts = model_facts(model)
+    if kind.box and facts.family != "sam":
+        raise ValueError("SAM 2 takes boxes as two points (labels 2 and 3): its decoders have no box input")
+    platforms, policy = TARGETS[kind.target]
     graphdef, treedef, leaves = weight_leaves(model)
-    resize_prog = _resize_program(facts.mask_size, facts.img_size if facts.family == "sam" else None, platforms)
-    threshold = np.float32(facts.mask_threshold)
     names = [name for name, _, _ in decoder_inputs(facts, kind)]
 
     def decode(weights, pe, *arrays):
         a = dict(zip(names, arrays, strict=True))
         feats = {k: a[k] for k in facts.feature_names}
-        prompts = Prompts(
-            a["point_coords"],
-            a["point_labels"],
-            a["point_valid"],
-            a.get("boxes"),
-            a.get("box_valid"),
-            a.get("mask_input"),
-            a.get("mask_valid"),
-        )
+        prompts = Prompts(*(a.get(f) for f in mf.PROMPT_FIELDS))
         params = jax.tree.unflatten(treedef, weights)
-        low_res, iou = _decode_graph(graphdef, params, feats, prompts, kind.multimask_output, pe, XLA)
-        logits = postprocess(low_res, Resize(*resize_prog.call(a["size_like"])), threshold, True)
-        if facts.family == "sam2":
-            low_res = jnp.clip(low_res, -SAM2_LOW_RES_CLAMP, SAM2_LOW_RES_CLAMP)
-        return logits > threshold, logits, iou, low_res
+        return _decode_graph(graphdef, params, feats, prompts, kind.multimask_output, pe, policy)
 
-    constraints = [f"P >= {kind.min_prompts}"]
-    if kind.max_prompts is not None:
-        constraints.append(f"P <= {kind.max_prompts}")
-    p, h, w = export.symbolic_shape("P, H, W", constraints=constraints)
-    dims = {"P": p, "H": h, "W": w}
     specs = [
-        jax.ShapeDtypeStruct(tuple(dims[d] if d in dims else int(d) for d in shape.split()), np.dtype(dtype))
+        jax.ShapeDtypeStruct(tuple(int(d) for d in shape.split()), np.dtype(dtype))
         for _, shape, dtype in decoder_inputs(facts, kind)
     ]
     pe_spec = jax.ShapeDtypeStruct(image_pe(model).shape, np.float32)
     return export.export(jax.jit(decode), platforms=platforms)(_specs(leaves), pe_spec, *specs)
 
 
-# Prompt counts up to which the evaluation-order thresholds are searched (beyond: one range).
-MAX_THRESHOLD_SEARCH = 4096
+def export_postprocess(facts: ModelFacts) -> export.Exported:
+    """The reference's mask postprocessing (:func:`sam_jax.core.decode.postprocess`, with the
+    resize built on the device by :mod:`sam_jax.export.resize`): ``K`` low-res logits to masks
+    and logits at an original image size ``(H, W)``, all three symbolic. A separate program, as
+    in the predictors: a new image size compiles only this (fractions of a second), not the
+    decoder; the masks are resized one at a time, so a symbolic ``K`` changes no rounding."""
+    platforms = CPU + ACCELERATORS
+    resize_prog = _resize_program(facts.mask_size, facts.img_size if facts.family == "sam" else None, platforms)
+    threshold = np.float32(facts.mask_threshold)
 
+    def post(low_res, size_like):
+        logits = postprocess(low_res, Resize(*resize_prog.call(size_like)), threshold, True)
+        return logits > threshold, logits
 
-def prompt_ranges(model: nnx.Module, kind: DecoderKind) -> list[tuple[int, int | None]]:
-    """Ranges ``[lo, hi]`` of the prompt count ``P`` over which the decoder's programs are the same
-    (``hi`` None: unbounded); one program is exported per range, constrained to it.
-
-    Where the image side is shared by all prompts (no mask inputs), the cross attentions' choice
-    of evaluation order (:func:`~sam_jax.ops.cross_attention.factored_is_cheaper`) depends on
-    ``P``. The calls made for ``P = 2`` are recorded while tracing (shapes only) and the same
-    function is evaluated for every ``P`` up to :data:`MAX_THRESHOLD_SEARCH` to find where it flips.
-    """
-    from sam_jax.ops import cross_attention
-
-    facts = model_facts(model)
-    graphdef, params = nnx.split(model)
-    calls = []
-    original = cross_attention.factored_is_cheaper
-
-    def record(attn, n_image, n_tokens, image_batch, batch):
-        calls.append((attn, n_image, n_tokens, image_batch == 1 and batch != 1))
-        return original(attn, n_image, n_tokens, image_batch, batch)
-
-    spec = {name: shape for name, shape, _ in decoder_inputs(facts, kind)}
-    dtypes = {name: dtype for name, _, dtype in decoder_inputs(facts, kind)}
-    probe = {
-        k: jax.ShapeDtypeStruct(tuple(2 if d == "P" else int(d) for d in spec[k].split()), np.dtype(dtypes[k]))
-        for k in spec
-        if k != "size_like"
-    }
-
-    def decode(params, pe, a):
-        feats = {k: a[k] for k in facts.feature_names}
-        fields = ("point_coords", "point_labels", "point_valid", "boxes", "box_valid", "mask_input", "mask_valid")
-        prompts = Prompts(*(a.get(f) for f in fields))
-        return _decode_graph(graphdef, params, feats, prompts, kind.multimask_output, pe, XLA)
-
-    cross_attention.factored_is_cheaper = record
-    try:
-        jax.eval_shape(decode, params, jax.ShapeDtypeStruct(image_pe(model).shape, np.float32), probe)
-    finally:
-        cross_attention.factored_is_cheaper = original
-    flips = set()
-    for attn, n_image, n_tokens, shared in calls:
-        if not shared:
-            continue
-        choice = [original(attn, n_image, n_tokens, 1, b) for b in range(1, MAX_THRESHOLD_SEARCH + 1)]
-        flips |= {b + 1 for b in range(1, MAX_THRESHOLD_SEARCH) if choice[b] != choice[b - 1]}
-    bounds = [1, *sorted(flips)]
-    return [(lo, hi - 1) for lo, hi in itertools.pairwise(bounds)] + [(bounds[-1], None)]
+    k, h, w = export.symbolic_shape("K, H, W", constraints=["K >= 1"])
+    m = facts.mask_size
+    args = (jax.ShapeDtypeStruct((k, m, m), np.float32), jax.ShapeDtypeStruct((h, w, 0), np.uint8))
+    return export.export(jax.jit(post), platforms=platforms)(*args)
