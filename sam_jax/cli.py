@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -187,6 +188,13 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
         default="1,2,4,8,16",
         help="point-slot buckets to export decoders for (powers of two; clicks + 1 padding point)",
     )
+    parser.add_argument(
+        "--max-prompts",
+        type=int,
+        default=16,
+        help="largest prompt bucket: decoders for 1, 2, 4, ... up to it prompts per call, as the predictors "
+        "pad them (power of two; more prompts run in chunks of it, bitwise the predictors' on a CPU only)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an export in OUTPUT_DIR")
     parser.set_defaults(run=_run_export)
 
@@ -195,8 +203,136 @@ def _run_export(args: argparse.Namespace) -> int:
     from sam_jax.build import load_sam
     from sam_jax.export.writer import export_model
 
-    manifest = export_model(load_sam(args.checkpoint), args.output_dir, point_slots=args.point_slots, force=args.force)
-    print(f"{args.output_dir}: encoder + {len(manifest['decoders'])} decoder programs ({manifest['family']})")
+    start = time.perf_counter()
+    manifest = export_model(
+        load_sam(args.checkpoint),
+        args.output_dir,
+        point_slots=args.point_slots,
+        max_prompts=args.max_prompts,
+        force=args.force,
+    )
+    print(
+        f"{args.output_dir}: 2 encoder + {len(manifest['decoders'])} decoder programs ({manifest['family']}) "
+        f"in {time.perf_counter() - start:.0f} s"
+    )
+    return 0
+
+
+class _TrackPrompt(argparse.Action):
+    """``--point``/``--box`` of ``track``: one ``(kind, frame, obj_id, values)`` in ``prompts``, with the
+    ``--frame`` and ``--obj-id`` given last before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kind = "point" if option_string == "--point" else "box"
+        namespace.prompts = [*(namespace.prompts or []), (kind, namespace.frame, namespace.obj_id, values)]
+        namespace.unused = None
+
+
+class _TrackTarget(argparse.Action):
+    """``--frame``/``--obj-id`` of ``track``: sets the frame / object of the prompts that follow."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.unused = f"{option_string} {values}"
+
+
+def _add_track(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "track",
+        formatter_class=HelpFormatter,
+        help="track objects through a video with SAM 2; write per-frame masks and an overlay video",
+        description=(
+            "Prompt objects on some frames of a video (a folder of JPEG frames <index>.jpg, or a video "
+            "file: mp4, mov, mkv, webm, ...) and track them with a SAM 2 video model. --frame and --obj-id "
+            "set the frame and object of the --point/--box options after them, e.g. `--frame 0 --obj-id 1 "
+            "--point 120,80 --obj-id 2 --box 10,20,60,90 --frame 8 --obj-id 1 --point 130,85,0` (a "
+            "correction click on frame 8). Tracks from the first prompted frame to the end (--reverse: from "
+            "the last prompted frame back to frame 0). Writes OUTPUT/masks/<frame>.png (indexed PNG, pixel "
+            "= object id; where objects overlap the higher id wins) or <frame>.json (--format coco: COCO RLE "
+            "per object), OUTPUT/overlay.mp4 and OUTPUT/track.json. Rerunning the same command re-tracks "
+            "from the prompts (a tracker cannot start mid-video) and keeps the mask files already written; "
+            "a finished run is not tracked again."
+        ),
+    )
+    parser.add_argument("video", type=Path, help="a folder of JPEG frames (<index>.jpg) or a video file")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="DIR",
+        help="a converted SAM 2 checkpoint directory (required: no bundled SAM 2 model)",
+    )
+    parser.add_argument("--output", type=Path, required=True, metavar="DIR", help="output directory")
+    parser.add_argument(
+        "--frame", type=int, default=0, metavar="N", action=_TrackTarget, help="frame index of the prompts that follow"
+    )
+    parser.add_argument(
+        "--obj-id",
+        type=int,
+        default=1,
+        metavar="K",
+        action=_TrackTarget,
+        help="object id (1..255 with PNG output) of the prompts that follow",
+    )
+    parser.add_argument(
+        "--point",
+        action=_TrackPrompt,
+        type=_floats(2, "point"),
+        dest="prompts",
+        default=[],
+        metavar="X,Y[,LABEL]",
+        help=_FORMATS["point"],
+    )
+    parser.add_argument(
+        "--box",
+        action=_TrackPrompt,
+        type=_floats(4, "box"),
+        dest="prompts",
+        default=[],
+        metavar="X1,Y1,X2,Y2",
+        help=_FORMATS["box"],
+    )
+    parser.add_argument(
+        "--format", dest="fmt", choices=("png", "coco"), default="png", help="mask files: indexed PNG or COCO RLE"
+    )
+    parser.add_argument("--reverse", action="store_true", help="track backwards from the last prompted frame")
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        metavar="N",
+        help="track at most N frames beyond the start (the reference's max_frame_num_to_track; default: to the end)",
+    )
+    parser.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True, help="write overlay.mp4")
+    parser.add_argument("--force", action="store_true", help="replace another run's output in OUTPUT")
+    parser.set_defaults(run=_run_track, unused=None)
+
+
+def _run_track(args: argparse.Namespace) -> int:
+    from sam_jax.track import check_video_checkpoint, group_prompts, load_video_predictor, track_to_files
+
+    if args.unused is not None:
+        raise ValueError(f"{args.unused} is not followed by a --point or --box (it applies to the prompts after it)")
+    prompts = group_prompts(args.prompts)
+    check_video_checkpoint(args.checkpoint)
+    manifest = track_to_files(
+        lambda: load_video_predictor(args.checkpoint),
+        args.video,
+        args.output,
+        prompts,
+        fmt=args.fmt,
+        reverse=args.reverse,
+        max_frames=args.max_frames,
+        write_overlay_video=args.overlay,
+        force=args.force,
+        checkpoint=str(Path(args.checkpoint).resolve()),
+    )
+    first, last = manifest["frames"]
+    what = "tracked" if manifest["tracked"] else "already complete:"
+    print(
+        f"{args.output / 'masks'}: {what} frames {first}..{last}, objects {manifest['obj_ids']} "
+        f"({manifest['written']} files written, {manifest['kept']} kept)"
+    )
+    if args.overlay:
+        print(args.output / "overlay.mp4")
     return 0
 
 
@@ -223,6 +359,7 @@ _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_convert,
     _add_segment,
     _add_export,
+    _add_track,
     _add_amg,
     _add_train,
     _add_annotate,
@@ -246,6 +383,7 @@ _RERUN = {
     "evaluate": "no result; run it again (nothing is saved part-way)",
     "segment": "run it again (outputs are written atomically; some may be missing)",
     "export": "the output is incomplete; run it again with --force",
+    "track": "mask files written are whole; run the same command again: it re-tracks from the prompts, keeping them",
     "amg": "run the same command again to resume",
     "annotate": "stopped; every saved annotation is on disk, run the same command to continue",
 }

@@ -83,7 +83,17 @@ def _help(*argv: str, capsys) -> str:
 
 def test_every_subcommand_help_shows_defaults(capsys):
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert set(commands) == {"convert", "segment", "amg", "train", "evaluate", "annotate", "annotate-export"}
+    assert set(commands) == {
+        "convert",
+        "segment",
+        "amg",
+        "train",
+        "evaluate",
+        "annotate",
+        "annotate-export",
+        "export",
+        "track",
+    }
     for command in commands:
         assert "(default: " in _help(command, capsys=capsys), command
     amg = _help("amg", capsys=capsys)
