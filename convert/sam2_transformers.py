@@ -37,7 +37,7 @@ from typing import TypeVar
 import numpy as np
 
 # The rule-template machinery of SAM 1's table, shared.
-from sam_jax.convert.transformers_names import compile_rule, rename
+from sam_jax.convert.transformers_names import compile_rule, drop_duplicates, rename
 
 T = TypeVar("T")
 
@@ -196,21 +196,12 @@ def from_transformers(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, n
     from the tensor it copies. Shapes are otherwise checked later, under SAM 2's names
     (:func:`convert.sam2_rules.check_state_dict`).
     """
-    state_dict = dict(state_dict)
-    notes = []
-    for duplicate, kept in DUPLICATES.items():
-        if duplicate not in state_dict:
-            continue
-        copy = state_dict.pop(duplicate)
-        if kept not in state_dict:  # a file holding only one of the two
-            state_dict[kept] = copy
-        elif not np.array_equal(copy, state_dict[kept]):
-            raise ValueError(
-                f"transformers SAM 2 checkpoint: {duplicate} differs from {kept}; SAM 2 uses one matrix for both "
-                "(sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix), so this cannot be converted"
-            )
-        else:
-            notes.append(f"dropped {duplicate} (identical to {kept})")
+    state_dict, notes = drop_duplicates(
+        state_dict,
+        DUPLICATES,
+        "transformers SAM 2 checkpoint",
+        "sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+    )
 
     out: dict[str, np.ndarray] = {}
     if POINT_EMBED in state_dict:

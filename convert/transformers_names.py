@@ -121,15 +121,16 @@ def is_transformers_layout(keys: Iterable[str]) -> bool:
     return any(k.startswith(("vision_encoder.", "shared_image_embedding.")) for k in keys)
 
 
-def from_transformers(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Rename a transformers ``SamModel`` state_dict to official names (tensors are not copied).
-
-    Returns the renamed state_dict and notes saying what was done. Raises ``ValueError`` for a tensor
-    no rule covers, or a duplicate (see :data:`DUPLICATES`) that differs from the tensor it copies.
-    """
+def drop_duplicates(
+    state_dict: Mapping[str, np.ndarray], duplicates: Mapping[str, str], what: str, single: str
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A copy of ``state_dict`` without the second copies transformers saves of a matrix the
+    reference holds once (``duplicates``: copy -> kept name; ``single``: the reference's name, for
+    the message): each must equal the tensor it copies (or stands in for it when that is absent).
+    Returns the state_dict and notes; raises ``ValueError`` naming a copy that differs."""
     state_dict = dict(state_dict)
     notes = []
-    for duplicate, kept in DUPLICATES.items():
+    for duplicate, kept in duplicates.items():
         if duplicate not in state_dict:
             continue
         copy = state_dict.pop(duplicate)
@@ -137,11 +138,23 @@ def from_transformers(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, n
             state_dict[kept] = copy
         elif not np.array_equal(copy, state_dict[kept]):
             raise ValueError(
-                f"transformers checkpoint: {duplicate} differs from {kept}; SAM uses one matrix for both "
-                "(prompt_encoder.pe_layer.positional_encoding_gaussian_matrix), so this cannot be converted"
+                f"{what}: {duplicate} differs from {kept}; the reference uses one matrix for both ({single}), "
+                "so this cannot be converted"
             )
         else:
             notes.append(f"dropped {duplicate} (identical to {kept})")
+    return state_dict, notes
+
+
+def from_transformers(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Rename a transformers ``SamModel`` state_dict to official names (tensors are not copied).
+
+    Returns the renamed state_dict and notes saying what was done. Raises ``ValueError`` for a tensor
+    no rule covers, or a duplicate (see :data:`DUPLICATES`) that differs from the tensor it copies.
+    """
+    state_dict, notes = drop_duplicates(
+        state_dict, DUPLICATES, "transformers checkpoint", "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+    )
     renamed = {key: transformers_to_official(key) for key in state_dict}
     unknown = sorted(key for key, new in renamed.items() if new is None)
     if unknown:
