@@ -230,6 +230,26 @@ def time_decoder_and_amg(
 
 # --- FLOPs --------------------------------------------------------------------------------------
 
+# Dense bf16 matrix peak of accelerators (vendor datasheets, no sparsity), by device-kind substring
+# (JAX's ``device_kind``, torch's device name): the denominator of every MFU figure. The first key
+# found in the name wins, so the more specific names come first.
+BF16_PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+}
+
+
+def bf16_peak_flops(device_kind: str) -> float | None:
+    """The dense bf16 peak of the device named ``device_kind`` (:data:`BF16_PEAK_FLOPS`), or None."""
+    return next((v for k, v in BF16_PEAK_FLOPS.items() if k in device_kind), None)
+
 
 def encoder_flops(cfg) -> int:
     """FLOPs (2 per multiply-add) of the matrix products of one image through the image encoder,

@@ -44,8 +44,6 @@ TIME_ROWS = [
     ("automatic mask generation end to end, thresholds passing every mask", "amg_pass_all", 1.0, "s", 6.0),
     ("automatic mask generation end to end, a realistic mask set", "amg_many", 1.0, "s", 6.0),
 ]
-# Dense bf16 matrix peak of accelerators, by device-kind substring (vendor datasheets), for MFU.
-BF16_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "TPU v5 lite": 197e12}
 
 
 # Workers whose JSON an earlier invocation left in --workdir (named in RESULTS.md).
@@ -171,7 +169,7 @@ def model_rows(ours: dict, ref: dict | None, start: dict | None) -> list[list[st
             "",
         ]
     )
-    peak = next((v for k, v in BF16_PEAK_FLOPS.items() if k in ours["device"]), None)
+    peak = harness.bf16_peak_flops(ours["device"])
     if peak is not None:
         rows.append(["encoder MFU against the device's dense bf16 peak", "", f"{o_rate / peak:.1%}", "", "", ""])
     rows.append(

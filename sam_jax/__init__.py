@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "SAM2AutomaticMaskGenerator": "sam_jax.amg.sam2_generator",
     "SAM2ImagePredictor": "sam_jax.predictors.sam2",
+    "SAM2VideoPredictor": "sam_jax.predictors.sam2_video",
     "Sam": "sam_jax.models.sam.model",
     "Sam2": "sam_jax.models.sam2.model",
     "SamAutomaticMaskGenerator": "sam_jax.amg.generator",
@@ -26,6 +27,7 @@ _EXPORTS = {
 __all__ = [
     "SAM2AutomaticMaskGenerator",
     "SAM2ImagePredictor",
+    "SAM2VideoPredictor",
     "Sam",
     "Sam2",
     "SamAutomaticMaskGenerator",
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from sam_jax.models.sam2.model import Sam2
     from sam_jax.predictors.sam import SamPredictor
     from sam_jax.predictors.sam2 import SAM2ImagePredictor
+    from sam_jax.predictors.sam2_video import SAM2VideoPredictor
 
 
 def __getattr__(name: str) -> Any:

@@ -111,7 +111,19 @@ def _add_segment(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--box", action="append", type=_floats(4, "box"), default=[], help=_FORMATS["box"])
     parser.add_argument("--output", type=Path, required=True, help="output directory")
     parser.add_argument("--single-mask", action="store_true", help="one mask per prompt instead of three")
+    add_dtype_option(parser)
     parser.set_defaults(run=_run_segment)
+
+
+def add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    """``--dtype`` for the commands that load a model (segment, amg); the choices are
+    ``sam_jax.runtime.precision.PRECISIONS``, spelled out so that ``--help`` imports no JAX."""
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="bfloat16: bf16 weights and matmul operands, fp32 accumulation (sam_jax.runtime.precision)",
+    )
 
 
 def _run_segment(args: argparse.Namespace) -> int:
@@ -132,7 +144,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     if args.box:
         boxes = np.array(args.box, np.float32)
     summary = segment_to_files(
-        load_sam(checkpoint),
+        load_sam(checkpoint, dtype=args.dtype),
         args.image,
         args.output,
         points=points,

@@ -64,6 +64,9 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--overlay", action="store_true", help="Also write <name>.overlay.png with the masks drawn.")
     parser.add_argument("--batch-size", type=int, default=None, help="Images per batch (default: local devices).")
     parser.add_argument("--quiet", action="store_true", help="No progress bar and no information lines.")
+    from sam_jax.cli import add_dtype_option
+
+    add_dtype_option(parser)
     amg = parser.add_argument_group("AMG Settings")
     for name, (kind, default, text) in AMG_SETTINGS.items():
         shown = f"{default:.4g}" if isinstance(default, float) else default
@@ -132,9 +135,13 @@ def run(args: argparse.Namespace) -> int:
 
         args.checkpoint = demo_checkpoint_dir()
     if args.model_type is None:
-        model = load_sam(args.checkpoint)
+        model = load_sam(args.checkpoint, dtype=args.dtype)
     elif args.model_type in sam_model_registry:
         model = sam_model_registry[args.model_type](args.checkpoint)
+        if args.dtype != "float32":
+            from sam_jax.runtime.precision import cast_model
+
+            model = cast_model(model, args.dtype)
     else:
         raise ValueError(f"--model-type must be one of {sorted(sam_model_registry)}, got {args.model_type!r}")
     rle = args.convert_to_rle

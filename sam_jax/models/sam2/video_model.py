@@ -99,6 +99,7 @@ def encode_new_memory(
     pred_masks_high_res: Float[Array, "B S S 1"],
     object_score_logits: Float[Array, "B 1"],
     is_mask_from_pts: bool | Bool[Array, ""],
+    binarize: bool | None = None,
 ) -> tuple[Float[Array, "B H W D"], Float[Array, "B H W D"]]:
     """``SAM2Base._encode_new_memory`` (evaluation): a frame's memory ``(maskmem_features,
     maskmem_pos_enc)`` from its stride-16 features and predicted high-res mask logits.
@@ -107,12 +108,16 @@ def encode_new_memory(
     and the mask came from clicks; ``is_mask_from_pts`` may be traced), scaled and shifted
     (``sigmoid_scale/bias_for_mem_enc``) before the memory encoder; with ``no_obj_embed_spatial``
     (SAM 2.1) frames whose object score is not positive get that embedding added everywhere.
+    ``binarize`` overrides the config's ``binarize_mask_from_pts_for_mem_enc`` (``SAM2VideoPredictor``
+    is built with it on, ``build_sam2`` with it off).
     """
     cfg = parts.config
+    if binarize is None:
+        binarize = cfg.binarize_mask_from_pts_for_mem_enc
     if cfg.non_overlap_masks_for_mem_enc:
         pred_masks_high_res = non_overlapping(pred_masks_high_res)
     mask = jax.nn.sigmoid(pred_masks_high_res)
-    if cfg.binarize_mask_from_pts_for_mem_enc:
+    if binarize:
         mask = jnp.where(is_mask_from_pts, (pred_masks_high_res > 0).astype(mask.dtype), mask)
     mask = mask * cfg.sigmoid_scale_for_mem_enc + cfg.sigmoid_bias_for_mem_enc
     feats, pos = parts.memory_encoder(pix_feat, mask, skip_mask_sigmoid=True)
