@@ -88,8 +88,11 @@ def compare(ours: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
     for setting in harness.AMG_SETTINGS:
         key = setting + "_areas"
         if key in ours and key in ref:
-            same = len(ours[key]) == len(ref[key]) and bool(np.all(ours[key] == ref[key]))
-            out[f"{setting}: masks (first / second), areas equal"] = f"{len(ours[key])} / {len(ref[key])}, {same}"
+            a, b = ours[key], ref[key]
+            diff = (
+                f"largest area difference {int(np.abs(a - b).max(initial=0))} px" if len(a) == len(b) else "counts differ"
+            )
+            out[f"{setting}: masks (first / second), sorted areas"] = f"{len(a)} / {len(b)}, {diff}"
     return out
 
 
