@@ -89,9 +89,8 @@ def compare(ours: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
         key = setting + "_areas"
         if key in ours and key in ref:
             a, b = ours[key], ref[key]
-            diff = (
-                f"largest area difference {int(np.abs(a - b).max(initial=0))} px" if len(a) == len(b) else "counts differ"
-            )
+            largest = int(np.abs(a - b).max(initial=0)) if len(a) == len(b) else None
+            diff = "counts differ" if largest is None else f"largest area difference {largest} px"
             out[f"{setting}: masks (first / second), sorted areas"] = f"{len(a)} / {len(b)}, {diff}"
     return out
 

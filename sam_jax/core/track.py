@@ -252,7 +252,8 @@ def condition_on_memory(
     parts: Sam2VideoParts, features: dict, bank: Mapping[str, jax.Array], policy: ExecutionPolicy = XLA
 ) -> Float[Array, "B g g C"]:
     """Each object's view of the frame: the stride-16 features after memory attention to that
-    object's bank (``_prepare_memory_conditioned_features``, one object at a time, ``vmap``-ed)."""
+    object's bank (``_prepare_memory_conditioned_features`` written for one object, ``vmap``-ed; with a
+    blocked policy on one device, a CPU, mapped over the objects in turn instead)."""
     curr, pos = features[VISION_FEATS], features[VISION_POS]
     mem_pos = bank["maskmem_pos_enc"]
 
@@ -270,7 +271,12 @@ def condition_on_memory(
         }
         return prepare_memory_conditioned_features(parts, curr[None], pos[None], single, policy)[0]
 
-    return jax.vmap(one)({k: bank[k] for k in PER_OBJECT_BANK})
+    per_object = {k: bank[k] for k in PER_OBJECT_BANK}
+    if policy.blocked and policy.devices == 1:
+        # Blocked attention (CPUs) sizes its steps for one object's scores; vmap would multiply
+        # every step's working set by the objects (out of cache): one object after another.
+        return jax.lax.map(one, per_object)
+    return jax.vmap(one)(per_object)
 
 
 def upsample_masks(low_res: Float[Array, "B m m"], size: int) -> Float[Array, "B S S"]:

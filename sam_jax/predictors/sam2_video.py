@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -40,6 +40,7 @@ from sam_jax.core.track import (
     stack_banks,
     track_step,
 )
+from sam_jax.models.sam2.config import Sam2Config
 from sam_jax.models.sam2.model import Sam2
 from sam_jax.models.sam2.transforms import _resize_axis
 from sam_jax.models.sam2.video_model import Sam2VideoParts, non_overlapping, select_memory
@@ -55,7 +56,48 @@ HOLE_FILL_LOGIT = 0.1
 # Frames whose features are kept (the reference keeps the last one; two serve a click followed by
 # the propagation that starts there).
 FEATURE_CACHE_SIZE = 2
+# track_stream's num_frames when the stream's length is unknown (longer than any pointer window).
+STREAM_UNKNOWN_LENGTH = 2**62
 VideoMasks = tuple[int, list, np.ndarray]
+
+
+class _StreamFrame(Sequence):
+    """``state["images"]`` of :meth:`SAM2VideoPredictor.track_stream`: only the frame being tracked
+    (its ``(S, S, 3)`` model input); asking for another raises ``ValueError``."""
+
+    def __init__(self, num_frames: int) -> None:
+        self._num_frames = num_frames
+        self._index, self._frame = -1, None
+
+    def hold(self, frame_idx: int, frame: np.ndarray) -> None:
+        self._index, self._frame = frame_idx, frame
+
+    def __len__(self) -> int:
+        return self._num_frames
+
+    def __getitem__(self, frame_idx):  # type: ignore[override]
+        if frame_idx != self._index:
+            raise ValueError(f"a stream holds only its current frame ({self._index}), frame {frame_idx} was asked for")
+        return self._frame
+
+
+def stream_bytes_per_object(config: Sam2Config, num_cond_frames: int = 1) -> int:
+    """The most host memory (array bytes) :meth:`SAM2VideoPredictor.track_stream` keeps per object,
+    from the bank sizes of ``config``: ``F`` memory frames of bfloat16 features
+    ``(image_size / backbone_stride)^2 * mem_dim * 2`` bytes, ``F = min(num_cond_frames,
+    max_cond_frames_in_attn) + num_maskmem - 1``, and ``F + max_obj_ptrs_in_encoder - 1`` float32
+    object pointers (``hidden_dim``) with their object score. (Python's bookkeeping adds about a
+    kilobyte per kept frame; one frame's features and the memory position encoding are shared by all
+    objects.)"""
+    if not isinstance(num_cond_frames, (int, np.integer)) or num_cond_frames < 1:
+        raise ValueError(f"num_cond_frames must be a positive int, got {num_cond_frames!r}")
+    cond = num_cond_frames
+    if config.max_cond_frames_in_attn != -1:
+        cond = min(cond, config.max_cond_frames_in_attn)
+    g = config.image_size // config.backbone_stride
+    frames = cond + config.num_maskmem - 1
+    pointers = frames + config.max_obj_ptrs_in_encoder - 1
+    return frames * g * g * config.mem_dim * 2 + pointers * (config.hidden_dim + 1) * 4
 
 
 def fill_holes_in_mask_scores(masks: np.ndarray, max_area: int) -> np.ndarray:
@@ -150,11 +192,20 @@ class SAM2VideoPredictor(PredictorBase):
             img_std=self.config.pixel_std,
             async_loading_frames=async_loading_frames,
         )
-        state = {
+        state = self._new_state(images, len(images), video_height, video_width)
+        state["offload_video_to_cpu"] = offload_video_to_cpu
+        state["offload_state_to_cpu"] = offload_state_to_cpu
+        self._features(state, 0)  # warm up on frame 0, as the reference
+        return state
+
+    @staticmethod
+    def _new_state(images, num_frames: int, video_height: int, video_width: int) -> dict:
+        """An inference state without prompts, objects or outputs (``init_state``'s keys)."""
+        return {
             "images": images,
-            "num_frames": len(images),
-            "offload_video_to_cpu": offload_video_to_cpu,
-            "offload_state_to_cpu": offload_state_to_cpu,
+            "num_frames": int(num_frames),
+            "offload_video_to_cpu": False,
+            "offload_state_to_cpu": False,
             "video_height": int(video_height),
             "video_width": int(video_width),
             "point_inputs_per_obj": {},
@@ -168,8 +219,6 @@ class SAM2VideoPredictor(PredictorBase):
             "temp_output_dict_per_obj": {},
             "frames_tracked_per_obj": {},
         }
-        self._features(state, 0)  # warm up on frame 0, as the reference
-        return state
 
     def reset_state(self, inference_state: dict) -> None:
         """Remove every prompt, output and object."""
@@ -380,7 +429,7 @@ class SAM2VideoPredictor(PredictorBase):
         frames give their outputs; the objects that need it are tracked together in one step."""
         state = inference_state
         self.propagate_in_video_preflight(state)
-        obj_ids, num_frames, n = state["obj_ids"], state["num_frames"], self._num_objects(state)
+        obj_ids, num_frames = state["obj_ids"], state["num_frames"]
         outputs = state["output_dict_per_obj"]
         if start_frame_idx is None:
             start_frame_idx = min(t for o in outputs.values() for t in o[COND])
@@ -394,20 +443,150 @@ class SAM2VideoPredictor(PredictorBase):
             end = min(start_frame_idx + max_frame_num_to_track, num_frames - 1)
             order = range(start_frame_idx, end + 1)
         for frame_idx in order:
-            to_track = [i for i in range(n) if frame_idx not in outputs[i][COND]]
-            for i in range(n):
-                if i not in to_track and self.clear_non_cond_mem_around_input:
-                    self._clear_obj_non_cond_mem_around_input(state, frame_idx, i)
-            if to_track:
-                new = self._run_frame(state, frame_idx, to_track, mode="memory", reverse=reverse, run_mem_encoder=True)
-                for i, out in zip(to_track, new, strict=True):
-                    outputs[i][NON_COND][frame_idx] = out
-            masks = []
-            for i in range(n):
-                state["frames_tracked_per_obj"][i][frame_idx] = {"reverse": reverse}
-                out = outputs[i][COND].get(frame_idx) or outputs[i][NON_COND][frame_idx]
-                masks.append(out["pred_masks"])
-            yield frame_idx, obj_ids, self._video_res(state, np.stack(masks))
+            yield frame_idx, obj_ids, self._propagate_frame(state, frame_idx, reverse)
+
+    def _propagate_frame(self, state: dict, frame_idx: int, reverse: bool) -> np.ndarray:
+        """One frame of ``propagate_in_video`` (after the preflight): the objects without a
+        conditioning output there tracked together in one step; every object's video-resolution
+        masks ``(num_objects, 1, H, W)``. Shared by :meth:`propagate_in_video` and :meth:`track_stream`."""
+        n, outputs = self._num_objects(state), state["output_dict_per_obj"]
+        to_track = [i for i in range(n) if frame_idx not in outputs[i][COND]]
+        for i in range(n):
+            if i not in to_track and self.clear_non_cond_mem_around_input:
+                self._clear_obj_non_cond_mem_around_input(state, frame_idx, i)
+        if to_track:
+            new = self._run_frame(state, frame_idx, to_track, mode="memory", reverse=reverse, run_mem_encoder=True)
+            for i, out in zip(to_track, new, strict=True):
+                outputs[i][NON_COND][frame_idx] = out
+        masks = []
+        for i in range(n):
+            state["frames_tracked_per_obj"][i][frame_idx] = {"reverse": reverse}
+            out = outputs[i][COND].get(frame_idx) or outputs[i][NON_COND][frame_idx]
+            masks.append(out["pred_masks"])
+        return self._video_res(state, np.stack(masks))
+
+    # --- streaming --------------------------------------------------------------------------------
+
+    def track_stream(
+        self,
+        frames: Iterable[np.ndarray],
+        prompts: Mapping[int, Sequence[tuple]],
+        *,
+        num_frames: int | None = None,
+        image_format: str = "RGB",
+        normalize_coords: bool = True,
+    ) -> Iterator[VideoMasks]:
+        """Track objects through a stream of frames (a camera, a network stream, any iterable),
+        yielding ``(frame_idx, obj_ids, video_res_masks (num_objects, 1, H, W))`` for each frame as
+        it arrives, with host memory constant in the stream's length.
+
+        Args:
+          frames: ``(H, W, 3)`` uint8 frames (``image_format`` "RGB" or "BGR"; gray and RGBA are
+            accepted, :func:`sam_jax.video_frames.frames_from_iterator`), all of one size; each is
+            read when the previous one has been yielded, nothing is read ahead.
+          prompts: ``{frame_idx: [entry, ...]}``, an entry ``(obj_id, points, labels, box)``
+            (:meth:`add_new_points_or_box`'s arguments; points ``(N, 2)`` xy and labels ``(N,)`` or
+            both None, box ``(4,)`` xyxy or None) or ``(obj_id, mask)`` (:meth:`add_new_mask`), one
+            entry per object and frame. Read when frame ``frame_idx`` arrives, so entries may be
+            added while iterating (clicks on a live view); an entry for a frame already tracked
+            raises ``ValueError``. Objects may appear on any frame.
+          num_frames: the stream's length if known: the reference normalises object-pointer
+            positions by ``min(num_frames, max_obj_ptrs_in_encoder) - 1``; None (unknown) gives
+            what it gives for any video of at least ``max_obj_ptrs_in_encoder`` frames.
+          normalize_coords: points and boxes in pixels of the frames (else in [0, 1]).
+
+        Semantics: each frame's prompts are added, then the frame is tracked, exactly the
+        reference's interactive sequence ``add_new_points_or_box(frame t)`` then
+        ``propagate_in_video(start_frame_idx=t, max_frame_num_to_track=0)`` for every t (a prompt
+        on a frame not yet tracked makes it a conditioning frame, no memory of earlier frames);
+        with every prompt on the first prompted frame this equals :meth:`propagate_in_video` over
+        the same clip. Frames before the first prompt yield no objects. Both paths run one
+        :meth:`_propagate_frame` per frame.
+
+        Memory: after each frame only what tracking the next frames can read is kept
+        (:meth:`_forget_past`): per object the memory bank (its conditioning frames within
+        ``max_cond_frames_in_attn`` (-1: all), the ``num_maskmem - 1`` memory frames
+        ``select_memory`` picks next) and the last ``max_obj_ptrs_in_encoder - 1`` object
+        pointers; no frame features, masks or prompts of past frames. On the host that is at most
+        :func:`stream_bytes_per_object` per object (sam2.1_hiera_*, 1024 px, one prompted frame:
+        3.5 MiB, +0.5 MiB per further prompted frame), plus one frame's features and the compiled
+        programs.
+        """
+        from sam_jax.video_frames import frames_from_iterator
+
+        if not isinstance(prompts, Mapping):
+            raise TypeError(f"prompts must be a mapping {{frame_idx: [entries]}}, got {type(prompts).__name__}")
+        if num_frames is not None and (
+            not isinstance(num_frames, (int, np.integer)) or isinstance(num_frames, bool) or num_frames < 1
+        ):
+            raise ValueError(f"num_frames must be a positive int or None, got {num_frames!r}")
+        inputs = frames_from_iterator(
+            frames, self.image_size, self.config.pixel_mean, self.config.pixel_std, image_format=image_format
+        )
+        held = _StreamFrame(STREAM_UNKNOWN_LENGTH if num_frames is None else int(num_frames))
+        state: dict | None = None
+        applied: set[int] = set()
+        for frame_idx, frame in enumerate(inputs):
+            if frame_idx >= len(held):
+                raise ValueError(f"the stream has more frames than num_frames={len(held)}")
+            if state is None:
+                state = self._new_state(held, len(held), inputs.video_height, inputs.video_width)
+            held.hold(frame_idx, frame)
+            late = [t for t in prompts if t < frame_idx and t not in applied]
+            if late:
+                raise ValueError(f"prompts for frames {sorted(late)} arrived after those frames were tracked")
+            if frame_idx in prompts:
+                for entry in prompts[frame_idx]:
+                    self._add_stream_prompt(state, frame_idx, entry, normalize_coords)
+                applied.add(frame_idx)
+            if self._num_objects(state) == 0:
+                empty = np.zeros((0, 1, state["video_height"], state["video_width"]), np.float32)
+                yield frame_idx, [], empty
+                continue
+            self.propagate_in_video_preflight(state)
+            masks = self._propagate_frame(state, frame_idx, reverse=False)
+            self._forget_past(state, frame_idx + 1)
+            yield frame_idx, list(state["obj_ids"]), masks
+
+    def _add_stream_prompt(self, state: dict, frame_idx: int, entry: tuple, normalize_coords: bool) -> None:
+        if not isinstance(entry, (tuple, list)) or len(entry) not in (2, 4):
+            raise ValueError(
+                f"frame {frame_idx}: a prompt must be (obj_id, points, labels, box) or (obj_id, mask), got {entry!r}"
+            )
+        if len(entry) == 2:
+            self.add_new_mask(state, frame_idx, entry[0], entry[1])
+            return
+        obj_id, points, labels, box = entry
+        self.add_new_points_or_box(state, frame_idx, obj_id, points, labels, normalize_coords=normalize_coords, box=box)
+
+    def _forget_past(self, state: dict, next_frame: int) -> None:
+        """Drop what forward tracking from ``next_frame`` on can no longer read (streaming): per
+        object, the outputs ``select_memory`` does not pick for ``next_frame`` (the picks of later
+        frames only move forward), the memory features of frames kept only for their object
+        pointer, every past frame's masks, prompts and features."""
+        cfg = self.config
+        for obj_idx, out in state["output_dict_per_obj"].items():
+            sel = select_memory(cfg, next_frame, out[COND], out[NON_COND], state["num_frames"], False)
+            memory = {(kind, t) for kind, t, _ in sel.frames}
+            pointer = {(kind, t) for kind, t, _ in sel.ptrs}
+            for key, kind in ((COND, "cond"), (NON_COND, "non_cond")):
+                kept = out[key]
+                for t in [t for t in kept if t < next_frame]:
+                    if (kind, t) not in memory and (kind, t) not in pointer:
+                        del kept[t]
+                        continue
+                    slim = {**kept[t], "pred_masks": None}
+                    if (kind, t) not in memory:
+                        slim["maskmem_features"] = None
+                    kept[t] = slim
+            for key in ("point_inputs_per_obj", "mask_inputs_per_obj"):
+                per_frame = state[key][obj_idx]
+                for t in [t for t in per_frame if t < next_frame]:
+                    del per_frame[t]
+            state["frames_tracked_per_obj"][obj_idx].clear()
+        cache = state["cached_features"]
+        for t in [t for t in cache if t < next_frame]:
+            del cache[t]
 
     # --- removing prompts and objects -------------------------------------------------------------
 
@@ -654,4 +833,4 @@ class SAM2VideoPredictor(PredictorBase):
         return bank, shared
 
 
-__all__ = ["SAM2VideoPredictor", "fill_holes_in_mask_scores"]
+__all__ = ["SAM2VideoPredictor", "fill_holes_in_mask_scores", "stream_bytes_per_object"]
