@@ -142,7 +142,9 @@ def test_ctrl_c_during_amg_exits_130_with_one_line_and_a_rerun_resumes(tmp_path)
     sample = np.asarray(Image.open(SAMPLE))
     images = tmp_path / "images"
     images.mkdir()
-    n = 60
+    # Enough images that the run cannot finish between the first output and the signal (60 once did,
+    # on a warm cache).
+    n = 240
     for i in range(n):  # 64 x 64 crops of the sample: one size, one compiled program
         y, x = divmod(i * 37 % 192, 16)
         Image.fromarray(sample[y * 8 : y * 8 + 64, x * 8 : x * 8 + 64]).save(images / f"{i:02d}.png")
