@@ -5,7 +5,6 @@ end-to-end run with the real predictor."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -290,16 +289,6 @@ def test_help_lists_track():
 # --- end to end: the real SAM2VideoPredictor ------------------------------------------------------
 
 
-def _video_predictor_or_skip() -> None:
-    """Skips without sam_jax.predictors.sam2_video, except under CI (env CI set), where it fails."""
-    try:
-        from sam_jax.predictors import sam2_video  # noqa: F401
-    except ModuleNotFoundError as e:
-        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-            pytest.fail(f"sam_jax.predictors.sam2_video must exist under CI: {e}")
-        pytest.skip(f"no video predictor yet: {e}")
-
-
 def _random_sam2_checkpoint(directory: Path) -> None:
     """A sam2_test checkpoint directory with random weights (normal, std 0.05; filled into abstract
     models, which is much faster than running the initialisers) and its video.safetensors."""
@@ -329,7 +318,6 @@ def _random_sam2_checkpoint(directory: Path) -> None:
 def test_end_to_end_with_the_video_predictor(tmp_path, monkeypatch):
     """The command's masks equal the predictor's own ``propagate_in_video`` output thresholded at 0
     (random sam2_test weights, 3 frames, two objects)."""
-    _video_predictor_or_skip()
     made = []
 
     def load(checkpoint):  # the command's own predictor, kept to compare with (and not loaded twice)
