@@ -16,6 +16,10 @@ from the latest prompted frame back to frame 0). ``OUTPUT`` receives:
   the prompts drawn on their frames, H.264 at the video's frame rate (24 fps for a JPEG folder).
 - ``track.json``: what was asked (video, prompts, options), ``"complete"`` once everything is written.
 
+Host memory stays constant in the video's length: frames are decoded on demand (``init_state(...,
+async_loading_frames=True)``: a few cached) and each frame's outputs are dropped once no later frame's
+memory reads them (``propagate_in_video(..., keep_outputs=False)``, the same masks).
+
 ``<frame>`` is the frame index, zero-padded to 5 digits. Masks are the predictor's logits ``> 0`` at
 the video's resolution, as the reference's notebooks threshold them. Every file is written atomically
 (a temporary sibling, then a rename), so an interrupted run leaves only whole files.
@@ -137,6 +141,8 @@ class VideoPredictor(Protocol):
         start_frame_idx: int | None = None,
         max_frame_num_to_track: int | None = None,
         reverse: bool = False,
+        *,
+        keep_outputs: bool = True,
     ) -> Iterator[tuple[int, Sequence[int], Any]]: ...
 
 
@@ -381,14 +387,16 @@ def _track(
     """Run the predictor and write each frame's masks (those not already on disk); returns (written, kept)."""
     from tqdm import tqdm
 
-    state = predictor.init_state(video_path=str(video))
+    # Memory constant in the video's length: frames read on demand (a few cached), and each frame's
+    # outputs dropped once no later frame's memory reads them.
+    state = predictor.init_state(video_path=str(video), async_loading_frames=True)
     for p in prompts:
         predictor.add_new_points_or_box(
             state, frame_idx=p.frame, obj_id=p.obj_id, points=p.points, labels=p.labels, box=p.box
         )
     written = kept = 0
     stream = predictor.propagate_in_video(
-        state, start_frame_idx=start, max_frame_num_to_track=max_frames, reverse=reverse
+        state, start_frame_idx=start, max_frame_num_to_track=max_frames, reverse=reverse, keep_outputs=False
     )
     with tqdm(total=len(frames), disable=not progress, desc="track", unit="frame") as bar:
         for frame_idx, obj_ids, logits in stream:

@@ -43,7 +43,7 @@ class FakePredictor:
         self, video_path, offload_video_to_cpu=False, offload_state_to_cpu=False, async_loading_frames=False
     ):
         info = probe_video(video_path)
-        self.calls.append(("init_state", video_path))
+        self.calls.append(("init_state", video_path, async_loading_frames))
         return {"num_frames": info.num_frames, "video_height": info.height, "video_width": info.width, "obj": {}}
 
     def add_new_points_or_box(
@@ -71,8 +71,10 @@ class FakePredictor:
             out.append(np.where(inside, 5.0, -5.0)[None].astype(np.float32))
         return np.stack(out)  # (O, 1, H, W)
 
-    def propagate_in_video(self, inference_state, start_frame_idx=None, max_frame_num_to_track=None, reverse=False):
-        self.calls.append(("propagate", start_frame_idx, max_frame_num_to_track, reverse))
+    def propagate_in_video(
+        self, inference_state, start_frame_idx=None, max_frame_num_to_track=None, reverse=False, *, keep_outputs=True
+    ):
+        self.calls.append(("propagate", start_frame_idx, max_frame_num_to_track, reverse, keep_outputs))
         frames = tracked_frames(inference_state["num_frames"], start_frame_idx, reverse, max_frame_num_to_track)
         for n, t in enumerate(frames):
             if self.interrupt_after is not None and n == self.interrupt_after:
@@ -129,7 +131,8 @@ def test_png_masks_overlay_and_manifest(clips, fake, tmp_path, capsys):
     np.testing.assert_array_equal(labels, [1, 0])
     assert predictor.calls[2][1:3] == (0, 2) and predictor.calls[2][3] is None
     np.testing.assert_array_equal(predictor.calls[2][5], [120, 110, 170, 150])
-    assert predictor.calls[3] == ("propagate", 0, None, False)
+    assert predictor.calls[0][2] is True  # frames read on demand
+    assert predictor.calls[3] == ("propagate", 0, None, False, False)  # outputs dropped behind (constant memory)
     files = sorted(p.name for p in (out / "masks").iterdir())
     assert files == [f"{t:05d}.png" for t in range(T)]
     for t in (0, 7, 15):
@@ -175,14 +178,14 @@ def test_frames_and_objects_apply_to_the_prompts_after_them(clips, fake, tmp_pat
     assert [(c[1], c[2]) for c in adds] == [(2, 1), (2, 2), (9, 1)]
     np.testing.assert_array_equal(adds[2][3], [[90, 50], [95, 55]])
     np.testing.assert_array_equal(adds[2][4], [0, 1])
-    assert fake[0].calls[-1] == ("propagate", 9, None, True)  # backwards from the last prompted frame
+    assert fake[0].calls[-1] == ("propagate", 9, None, True, False)  # backwards from the last prompted frame
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == [f"{t:05d}.png" for t in range(10)]
     assert not (tmp_path / "out" / "overlay.mp4").exists()
 
 
 def test_max_frames(clips, fake, tmp_path):
     assert _run(clips["jpg"], tmp_path, "--frame", "5", "--point", "60,50", extra=("--max-frames", "3")) == 0
-    assert fake[0].calls[-1] == ("propagate", 5, 3, False)
+    assert fake[0].calls[-1] == ("propagate", 5, 3, False, False)
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [f"{t:05d}.png" for t in range(5, 9)]
 
 
@@ -214,7 +217,7 @@ def test_interrupted_run_resumes_keeping_written_frames(clips, fake, tmp_path, c
 
     fake.interrupt_after = None
     assert _run(clips["jpg"], out, *PROMPTS) == 0
-    assert fake[-1].calls[-1] == ("propagate", 0, None, False)  # tracked again from the prompts
+    assert fake[-1].calls[-1] == ("propagate", 0, None, False, False)  # tracked again from the prompts
     assert "(11 files written, 5 kept)" in capsys.readouterr().out
     assert {p: (s := (out / "masks" / p).stat()) and (s.st_ino, s.st_mtime_ns) for p in stamps} == stamps
     assert len(list((out / "masks").iterdir())) == T and (out / "overlay.mp4").exists()

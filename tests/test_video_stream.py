@@ -161,3 +161,44 @@ def test_bad_stream_inputs(tmp_path):
     prompts[0] = [(1, np.array([[5.0, 5.0]]), np.array([1]), None)]
     with pytest.raises(ValueError, match=r"prompts for frames \[0\] arrived after"):
         next(stream)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_propagate_without_keeping_outputs(tmp_path, reverse):
+    """``propagate_in_video(keep_outputs=False)`` (what ``sam-jax track`` runs) yields the masks of the
+    default path, forwards and backwards, with a second prompted frame ahead of the start (a
+    conditioning frame in every frame's memory); its state keeps no past masks or prompts, and refuses
+    what it can no longer serve."""
+    _, ours = small_pair()
+    folder, clip, _ = _clip(tmp_path, 20)
+    one = np.array([1], np.int32)
+    first, second = (19, 8) if reverse else (0, 11)
+
+    def run(keep: bool):
+        state = ours.init_state(str(folder), async_loading_frames=not keep)
+        ours.add_new_points_or_box(state, first, 1, clip.points[first, :1], one)
+        ours.add_new_points_or_box(state, first, 2, None, None, box=clip.boxes[first, 1])
+        ours.add_new_points_or_box(state, second, 1, clip.points[second, :1], one)
+        start = first
+        out = [
+            (t, list(ids), m) for t, ids, m in ours.propagate_in_video(state, start, None, reverse, keep_outputs=keep)
+        ]
+        return state, out
+
+    _, want = run(True)
+    state, got = run(False)
+    assert len(got) == 20
+    err = _max_diff(got, want)
+    print(f"keep_outputs=False vs True ({'reverse' if reverse else 'forward'}): max |diff| {err:.3g}")
+    assert err <= TOL, err
+    for out in state["output_dict_per_obj"].values():
+        kept = {**out[COND], **out[NON_COND]}
+        assert all(o["pred_masks"] is None for o in kept.values())
+        assert len(kept) <= get_config("sam2_test").max_obj_ptrs_in_encoder + 1
+    assert not any(state["point_inputs_per_obj"].values())
+    with pytest.raises(ValueError, match="without keeping its outputs"):
+        ours.add_new_points_or_box(state, 10, 1, clip.points[10, :1], one)
+    with pytest.raises(ValueError, match="without keeping its outputs"):
+        next(ours.propagate_in_video(state, 0 if reverse else 19, reverse=not reverse))
+    ours.reset_state(state)
+    ours.add_new_points_or_box(state, 10, 1, clip.points[10, :1], one)  # a fresh start

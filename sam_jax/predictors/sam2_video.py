@@ -218,11 +218,14 @@ class SAM2VideoPredictor(PredictorBase):
             "output_dict_per_obj": {},
             "temp_output_dict_per_obj": {},
             "frames_tracked_per_obj": {},
+            # (next_frame, reverse) once past outputs were dropped (_forget_past), else None.
+            "forgotten": None,
         }
 
     def reset_state(self, inference_state: dict) -> None:
         """Remove every prompt, output and object."""
         self._reset_tracking_results(inference_state)
+        inference_state["forgotten"] = None
         for key in ("obj_id_to_idx", "obj_idx_to_id", "point_inputs_per_obj", "mask_inputs_per_obj"):
             inference_state[key].clear()
         inference_state["obj_ids"].clear()
@@ -284,6 +287,7 @@ class SAM2VideoPredictor(PredictorBase):
         the decoder). Returns ``(frame_idx, obj_ids, video_res_masks (num_objects, 1, H, W))``."""
         state = inference_state
         frame_idx = self._check_frame(state, frame_idx)
+        self._check_not_forgotten(state, frame_idx)
         if (points is not None) != (labels is not None):
             raise ValueError("points and labels must be provided together")
         if points is None and box is None:
@@ -344,6 +348,7 @@ class SAM2VideoPredictor(PredictorBase):
         input with antialiasing and thresholded at 0.5) for object ``obj_id`` on ``frame_idx``."""
         state = inference_state
         frame_idx = self._check_frame(state, frame_idx)
+        self._check_not_forgotten(state, frame_idx)
         m = np.asarray(mask)
         if m.ndim != 2 or m.size == 0 or not (m.dtype == bool or np.issubdtype(m.dtype, np.number)):
             raise ValueError(f"mask must be a non-empty (H, W) boolean or numeric array, got shape {m.shape} {m.dtype}")
@@ -422,11 +427,21 @@ class SAM2VideoPredictor(PredictorBase):
         start_frame_idx: int | None = None,
         max_frame_num_to_track: int | None = None,
         reverse: bool = False,
+        *,
+        keep_outputs: bool = True,
     ) -> Iterator[VideoMasks]:
         """Track every object from ``start_frame_idx`` (default: the earliest prompted frame) over at
         most ``max_frame_num_to_track`` frames, forwards or in ``reverse``; yields
         ``(frame_idx, obj_ids, video_res_masks (num_objects, 1, H, W))`` per frame. Prompted
-        frames give their outputs; the objects that need it are tracked together in one step."""
+        frames give their outputs; the objects that need it are tracked together in one step.
+
+        ``keep_outputs=False`` (not in the reference) holds memory constant in the video's length:
+        after each frame, what tracking the next frames in this direction cannot read is dropped
+        (:meth:`_forget_past`: masks, prompts and features of frames behind, memory outside the
+        bank). The masks yielded are the same; the state then serves only further tracking in that
+        direction from where it stopped (new prompts or a propagation behind it raise ``ValueError``;
+        :meth:`reset_state` starts over).
+        """
         state = inference_state
         self.propagate_in_video_preflight(state)
         obj_ids, num_frames = state["obj_ids"], state["num_frames"]
@@ -434,6 +449,7 @@ class SAM2VideoPredictor(PredictorBase):
         if start_frame_idx is None:
             start_frame_idx = min(t for o in outputs.values() for t in o[COND])
         start_frame_idx = self._check_frame(state, start_frame_idx)
+        self._check_not_forgotten(state, start_frame_idx, reverse)
         if max_frame_num_to_track is None:
             max_frame_num_to_track = num_frames
         if reverse:
@@ -442,8 +458,12 @@ class SAM2VideoPredictor(PredictorBase):
         else:
             end = min(start_frame_idx + max_frame_num_to_track, num_frames - 1)
             order = range(start_frame_idx, end + 1)
+        step = -1 if reverse else 1
         for frame_idx in order:
-            yield frame_idx, obj_ids, self._propagate_frame(state, frame_idx, reverse)
+            masks = self._propagate_frame(state, frame_idx, reverse)
+            if not keep_outputs:
+                self._forget_past(state, frame_idx + step, reverse)
+            yield frame_idx, obj_ids, masks
 
     def _propagate_frame(self, state: dict, frame_idx: int, reverse: bool) -> np.ndarray:
         """One frame of ``propagate_in_video`` (after the preflight): the objects without a
@@ -545,7 +565,7 @@ class SAM2VideoPredictor(PredictorBase):
                 continue
             self.propagate_in_video_preflight(state)
             masks = self._propagate_frame(state, frame_idx, reverse=False)
-            self._forget_past(state, frame_idx + 1)
+            self._forget_past(state, frame_idx + 1, reverse=False)
             yield frame_idx, list(state["obj_ids"]), masks
 
     def _add_stream_prompt(self, state: dict, frame_idx: int, entry: tuple, normalize_coords: bool) -> None:
@@ -559,19 +579,21 @@ class SAM2VideoPredictor(PredictorBase):
         obj_id, points, labels, box = entry
         self.add_new_points_or_box(state, frame_idx, obj_id, points, labels, normalize_coords=normalize_coords, box=box)
 
-    def _forget_past(self, state: dict, next_frame: int) -> None:
-        """Drop what forward tracking from ``next_frame`` on can no longer read (streaming): per
-        object, the outputs ``select_memory`` does not pick for ``next_frame`` (the picks of later
-        frames only move forward), the memory features of frames kept only for their object
-        pointer, every past frame's masks, prompts and features."""
+    def _forget_past(self, state: dict, next_frame: int, reverse: bool) -> None:
+        """Drop what tracking from ``next_frame`` on, forwards (or in ``reverse``), can no longer
+        read: per object, the outputs behind ``next_frame`` that ``select_memory`` does not pick for
+        it (the picks of later frames only move on), the memory features of frames kept only for
+        their object pointer, and every frame's masks, prompts and features behind it. Records the
+        boundary (``"forgotten"``) for :meth:`_check_not_forgotten`."""
         cfg = self.config
+        behind = (lambda t: t > next_frame) if reverse else (lambda t: t < next_frame)
         for obj_idx, out in state["output_dict_per_obj"].items():
-            sel = select_memory(cfg, next_frame, out[COND], out[NON_COND], state["num_frames"], False)
+            sel = select_memory(cfg, next_frame, out[COND], out[NON_COND], state["num_frames"], reverse)
             memory = {(kind, t) for kind, t, _ in sel.frames}
             pointer = {(kind, t) for kind, t, _ in sel.ptrs}
             for key, kind in ((COND, "cond"), (NON_COND, "non_cond")):
                 kept = out[key]
-                for t in [t for t in kept if t < next_frame]:
+                for t in [t for t in kept if behind(t)]:
                     if (kind, t) not in memory and (kind, t) not in pointer:
                         del kept[t]
                         continue
@@ -581,12 +603,30 @@ class SAM2VideoPredictor(PredictorBase):
                     kept[t] = slim
             for key in ("point_inputs_per_obj", "mask_inputs_per_obj"):
                 per_frame = state[key][obj_idx]
-                for t in [t for t in per_frame if t < next_frame]:
+                for t in [t for t in per_frame if behind(t)]:
                     del per_frame[t]
             state["frames_tracked_per_obj"][obj_idx].clear()
         cache = state["cached_features"]
-        for t in [t for t in cache if t < next_frame]:
+        for t in [t for t in cache if behind(t)]:
             del cache[t]
+        state["forgotten"] = (next_frame, reverse)
+
+    @staticmethod
+    def _check_not_forgotten(state: dict, frame_idx: int, reverse: bool | None = None) -> None:
+        """Raise ``ValueError`` for a frame behind what :meth:`_forget_past` dropped (or, with
+        ``reverse`` given, a propagation in the other direction)."""
+        if state.get("forgotten") is None:
+            return
+        boundary, dropped_reverse = state["forgotten"]
+        behind = frame_idx > boundary if dropped_reverse else frame_idx < boundary
+        if behind or (reverse is not None and reverse != dropped_reverse):
+            way = "backwards" if dropped_reverse else "forwards"
+            raise ValueError(
+                f"this state tracked {way} without keeping its outputs (keep_outputs=False or a stream): it "
+                f"serves only frames from {boundary} on in that direction, got frame {frame_idx}"
+                + ("" if reverse is None else f" {'backwards' if reverse else 'forwards'}")
+                + "; reset_state() to start over"
+            )
 
     # --- removing prompts and objects -------------------------------------------------------------
 
