@@ -42,6 +42,7 @@ from sam_jax.models.sam2.config import (
     get_config,
 )
 from sam_jax.models.sam2.rope import axial_rotations
+from sam_jax.ops.policy import XLA, ExecutionPolicy
 
 import sam2_reference as ref_lib
 
@@ -340,9 +341,11 @@ def test_memory_attention_other_grids_and_no_pointers(grid, frames, ptr_tokens):
     assert max_abs(got, want) <= TOL
 
 
-def test_memory_attention_with_empty_slots_is_the_reference_without_them():
+@pytest.mark.parametrize("blocked", [False, True], ids=["whole", "blocked"])
+def test_memory_attention_with_empty_slots_is_the_reference_without_them(blocked):
     """A fixed-size bank: empty memory frames and pointer tokens masked by ``memory_valid`` give the
-    reference's result on the filled ones only (test size; the masked path is the same at any size)."""
+    reference's result on the filled ones only (test size; the masked path is the same at any size),
+    whole or blocked (CPUs: query blocks, one frame's keys at a time, empty frames skipped)."""
     cfg, ref, parts = make_pair("sam2_test")
     grid = cfg.image_size // cfg.backbone_stride
     n, per_ptr = grid * grid, cfg.hidden_dim // cfg.mem_dim
@@ -357,6 +360,7 @@ def test_memory_attention_with_empty_slots_is_the_reference_without_them():
         *map(jnp.asarray, (curr, memory, curr_pos, memory_pos)),
         num_obj_ptr_tokens=ptrs * per_ptr,
         memory_valid=jnp.asarray(valid[None]),
+        policy=ExecutionPolicy(blocked=True, score_block=n * 16) if blocked else XLA,
     )
     assert max_abs(got, want) <= TOL
 

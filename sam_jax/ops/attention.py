@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 from sam_jax.ops.flash_attention import flash_attention
 from sam_jax.ops.policy import ExecutionPolicy
@@ -130,3 +130,69 @@ def attention(
         return map_blocks(lambda *a: _attend(a[0], k, v, *a[1:]), (q, rel_h, rel_w), rows)
 
     return _map(one_head, (q, k, v, rel_h, rel_w))
+
+
+def _online_softmax_step(
+    carry: tuple[jax.Array, jax.Array, jax.Array],
+    q: Float[Array, "Q d"],
+    k: Float[Array, "C d"],
+    v: Float[Array, "C d"],
+    valid: Bool[Array, " C"],
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One chunk of keys into a running softmax ``(max, sum, weighted values)`` per query row (the
+    chunk has at least one valid key, so the new maximum is finite)."""
+    m, total, acc = carry
+    s = jnp.where(valid, q @ k.T, -jnp.inf)
+    m_new = jnp.maximum(m, s.max(axis=-1))
+    rescale = jnp.exp(m - m_new)
+    p = jnp.exp(s - m_new[:, None])
+    return m_new, total * rescale + p.sum(axis=-1), acc * rescale[:, None] + p @ v
+
+
+def masked_attention(
+    q: Float[Array, "Z Q d"],
+    k: Float[Array, "Z K d"],
+    v: Float[Array, "Z K d"],
+    key_valid: Bool[Array, "Z K"],
+    policy: ExecutionPolicy,
+    chunk: int,
+) -> Float[Array, "Z Q d"]:
+    """Attention of ``Z`` heads (``q`` already scaled) where only the keys ``key_valid`` marks take
+    part (exactly zero weight for the others; every row needs one valid key): SAM 2's cross-attention
+    to a fixed-size memory bank with empty slots.
+
+    Unblocked: one masked softmax over all keys. Blocked (CPUs): a block of query rows at a time
+    (``policy.score_block // chunk``), its keys in chunks of ``chunk`` (a memory frame's tokens; the
+    last, shorter chunk the object pointers) under a running (online) softmax, and a chunk without
+    a valid key skipped (``lax.cond``: not computed), so a bank's empty slots cost no work and the
+    program stays one for every fill. The result is the one softmax's up to fp32 rounding.
+    """
+    if not policy.blocked:
+        logits = jnp.einsum("zqd,zkd->zqk", q, k)
+        weights = jax.nn.softmax(jnp.where(key_valid[:, None, :], logits, -jnp.inf), axis=-1)
+        return jnp.einsum("zqk,zkd->zqd", weights, v)
+    keys, d = k.shape[1], k.shape[2]
+    full = keys // chunk * chunk
+
+    def one_head(q, k, v, valid):
+        kc, vc = k[:full].reshape(-1, chunk, d), v[:full].reshape(-1, chunk, d)
+        vmask = valid[:full].reshape(-1, chunk)
+        taken = vmask.any(axis=-1)
+
+        def rows(qb):
+            def body(i, carry):
+                step = lambda c: _online_softmax_step(c, qb, kc[i], vc[i], vmask[i])
+                return jax.lax.cond(taken[i], step, lambda c: c, carry)
+
+            r = qb.shape[0]
+            carry = (jnp.full((r,), -jnp.inf, qb.dtype), jnp.zeros((r,), qb.dtype), jnp.zeros((r, d), qb.dtype))
+            carry = jax.lax.fori_loop(0, kc.shape[0], body, carry)
+            if full < keys:  # the tail (object pointers)
+                step = lambda c: _online_softmax_step(c, qb, k[full:], v[full:], valid[full:])
+                carry = jax.lax.cond(valid[full:].any(), step, lambda c: c, carry)
+            _, total, acc = carry
+            return acc / total[:, None]
+
+        return map_blocks(rows, (q,), max(policy.score_block // chunk, 1))
+
+    return _map(one_head, (q, k, v, key_valid))

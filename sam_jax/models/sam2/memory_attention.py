@@ -19,14 +19,12 @@ empty frame does not shift the others').
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float
 
-from sam_jax.models.layers import gelu, layer_norm, masked_softmax
+from sam_jax.models.layers import gelu, layer_norm
 from sam_jax.models.sam2.config import MemoryAttentionConfig, RoPEAttentionConfig
 from sam_jax.models.sam2.rope import grid_rotations, repeat_rotations, rotate
 from sam_jax.ops import attention as ops
@@ -84,8 +82,11 @@ class RoPEAttention(nnx.Module):
             flat = lambda t: t.reshape(b * h, t.shape[2], d)
             out = ops.attention(flat(q) * d**-0.5, flat(k), flat(v), None, None, policy).reshape(b, h, nq, d)
         else:
-            logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(d)
-            out = jnp.einsum("bhqk,bhkd->bhqd", masked_softmax(logits, key_valid[:, None, None, :]), v)
+            # Keys in chunks of one memory frame (the query grid's tokens), empty slots skipped.
+            valid = jnp.broadcast_to(key_valid[:, None], (b, h, nk)).reshape(b * h, nk)
+            flat = lambda t: t.reshape(b * h, t.shape[2], d)
+            out = ops.masked_attention(flat(q) * d**-0.5, flat(k), flat(v), valid, policy, chunk=nq)
+            out = out.reshape(b, h, nq, d)
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, nq, h * d))
 
 
