@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 from pathlib import Path
 
 import jax
@@ -39,6 +40,30 @@ def fixture_model(name: str):
     """sam_jax model holding the fixture weights of ``name`` (converted by the rule table)."""
     cfg = get_config(name)
     return build_sam(cfg, params=rules.to_params(fixture_state_dict(name), cfg))
+
+
+def _memory_map_use() -> tuple[int, int] | None:
+    """``(mappings, limit)`` of this process (Linux: ``/proc/self/maps``, ``vm.max_map_count``), else None."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f), limit
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After a test module, drop JAX's compiled programs once this process's memory mappings pass half
+    the kernel's limit. Each CPU executable maps about 3 regions, held while JAX's caches hold it;
+    the whole suite compiles enough programs to pass ``vm.max_map_count`` (65530), where the next
+    compilation aborts the process inside XLA (CI, exit 134, in test_train after the video tests)."""
+    yield
+    use = _memory_map_use()
+    if use is not None and use[0] > use[1] // 2:
+        jax.clear_caches()
+        gc.collect()
 
 
 @pytest.fixture(scope="session")
