@@ -16,7 +16,7 @@ from sam_jax.ops.attention import masked_attention as _masked_attention
 from sam_jax.ops.policy import ExecutionPolicy
 
 CHUNK = 64  # one memory frame's tokens (8 x 8)
-BLOCKED = ExecutionPolicy(blocked=True, score_block=CHUNK * 16)  # 16 query rows per step
+BLOCKED = ExecutionPolicy(blocked=True, score_block=CHUNK * 4)  # 16 query rows per step
 UNBLOCKED = ExecutionPolicy()
 TOL = 2e-6
 

@@ -360,7 +360,7 @@ def test_memory_attention_with_empty_slots_is_the_reference_without_them(blocked
         *map(jnp.asarray, (curr, memory, curr_pos, memory_pos)),
         num_obj_ptr_tokens=ptrs * per_ptr,
         memory_valid=jnp.asarray(valid[None]),
-        policy=ExecutionPolicy(blocked=True, score_block=n * 16) if blocked else XLA,
+        policy=ExecutionPolicy(blocked=True, score_block=n * 4) if blocked else XLA,
     )
     assert max_abs(got, want) <= TOL
 

@@ -162,7 +162,7 @@ def masked_attention(
     to a fixed-size memory bank with empty slots.
 
     Unblocked: one masked softmax over all keys. Blocked (CPUs): a block of query rows at a time
-    (``policy.score_block // chunk``), its keys in chunks of ``chunk`` (a memory frame's tokens; the
+    (``4 * policy.score_block // chunk``), its keys in chunks of ``chunk`` (a memory frame's tokens; the
     last, shorter chunk the object pointers) under a running (online) softmax, and a chunk without
     a valid key skipped (``lax.cond``: not computed), so a bank's empty slots cost no work and the
     program stays one for every fill. The result is the one softmax's up to fp32 rounding.
@@ -193,6 +193,10 @@ def masked_attention(
             _, total, acc = carry
             return acc / total[:, None]
 
-        return map_blocks(rows, (q,), max(policy.score_block // chunk, 1))
+        # Query blocks of 4 x the score block: each step slices (copies) a chunk of keys and values,
+        # which larger blocks amortise. hiera_t's memory (4096 queries, 4 frames of 4096 keys, d 256,
+        # 2 threads): 0.43 s against 0.63 s at 1 x (160 GFLOP/s, 87% of XLA's fp32 matmul rate here);
+        # torch's fused CPU attention 0.34 s.
+        return map_blocks(rows, (q,), max(4 * policy.score_block // chunk, 1))
 
     return _map(one_head, (q, k, v, key_valid))

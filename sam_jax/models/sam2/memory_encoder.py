@@ -16,6 +16,7 @@ from jaxtyping import Array, Float
 from sam_jax.models.layers import gelu, layer_norm, sequential
 from sam_jax.models.sam2.config import CXBlockConfig, MaskDownSamplerConfig, MemoryEncoderConfig
 from sam_jax.models.sam2.position_encoding import PositionEmbeddingSine
+from sam_jax.ops.conv import depthwise_conv
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int, padding: int, *, groups: int = 1, rngs: nnx.Rngs) -> nnx.Conv:
@@ -70,7 +71,8 @@ class CXBlock(nnx.Module):
         )
 
     def __call__(self, x: Float[Array, "B H W C"]) -> Float[Array, "B H W C"]:
-        y = self.pwconv2(gelu(self.pwconv1(self.norm(self.dwconv(x)))))
+        mixed = depthwise_conv(self.dwconv, x) if self.dwconv.feature_group_count > 1 else self.dwconv(x)
+        y = self.pwconv2(gelu(self.pwconv1(self.norm(mixed))))
         if self.gamma is not None:
             y = self.gamma[...] * y
         return x + y
