@@ -46,6 +46,16 @@ BANK_NOTE = (
 )
 
 
+ROOFLINE_NOTE = (
+    "Against this machine's matmul rate: the per-object work is mostly memory attention (4 layers; "
+    "self-attention over 4096 tokens, cross-attention to each memory frame's 4096 tokens, head dim 256). One "
+    "cross-attention layer over 4 memory frames (69 GFLOP) takes sam_jax 0.43 s, 160 GFLOP/s, 87% of XLA's "
+    "fp32 matmul rate on this CPU (about 185 GFLOP/s), and torch's fused CPU attention 0.34 s, 205 GFLOP/s, "
+    "above that rate: the remaining gap per object is the matmul engine, not the program. The memory "
+    "encoder is 0.14 s against the reference's 0.09 s (its ConvNeXt fuser 0.105 s against 0.053 s)."
+)
+
+
 def object_points(clip, k: int):
     """``k`` click points on frame 0: the clip's objects, then a grid over the frame."""
     import numpy as np
@@ -148,7 +158,7 @@ def main() -> None:
             "sides; the per-object work, memory attention over each object's bank, heads and memory "
             "encoder, is a loop over objects in the reference and one batched step in sam_jax).",
         ]
-    lines += ["", BANK_NOTE, ""]
+    lines += ["", BANK_NOTE, "", ROOFLINE_NOTE, ""]
     args.results.write_text("\n".join(lines))
     print("\n".join(lines))
 
