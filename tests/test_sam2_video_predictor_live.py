@@ -258,6 +258,58 @@ def test_objects_together_equal_objects_one_at_a_time(tmp_path):
     assert err <= 1e-5
 
 
+EIGHT_DEVICES = """
+import json, sys
+import numpy as np
+sys.path[:0] = sys.argv[1:3]
+import jax
+from sam_jax.predictors.sam2_video import SAM2VideoPredictor
+from sam_jax.runtime import sharding
+from pathlib import Path
+import test_sam2_video_predictor_live as live
+
+clip = Path(sys.argv[3])
+h, w = 72, 104
+_, ours = live.small_pair()
+out = {}
+for name, mesh in (("one", sharding.data_mesh(tuple(jax.devices()[:1]))), ("all", sharding.data_mesh())):
+    p = SAM2VideoPredictor(ours.sam_model, ours.video_parts, **live.VIDEO_PREDICTOR, mesh=mesh)
+    st = p.init_state(str(clip))
+    p.add_new_points_or_box(st, 0, 1, points=[[0.2 * w, 0.35 * h]], labels=[1])
+    p.add_new_points_or_box(st, 0, 2, box=[0.45 * w, 0.15 * h, 0.75 * w, 0.45 * h])
+    p.add_new_points_or_box(st, 0, 3, points=[[0.5 * w, 0.8 * h]], labels=[1])
+    out[name] = [m for _, _, m in p.propagate_in_video(st, max_frame_num_to_track=7)]
+diff = max(float(np.abs(a - b).max()) for a, b in zip(out["one"], out["all"], strict=True))
+print(json.dumps({"devices": len(jax.devices()), "frames": len(out["all"]), "max_logit_diff": diff}))
+"""
+
+
+def test_eight_devices_match_one_device(tmp_path):
+    """Three objects split over 8 (host-platform) devices, each object's step on its own device,
+    give the masks of one device (where the objects run one after another)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_clip(tmp_path / "clip", 72, 104)
+    here = Path(__file__).parent
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    res = subprocess.run(
+        [sys.executable, "-c", EIGHT_DEVICES, str(here), str(here / "fixtures"), str(tmp_path / "clip")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    print(f"\n8 devices vs 1: {out}")
+    assert out["devices"] == 8 and out["frames"] == 8
+    assert out["max_logit_diff"] <= 1e-4
+
+
 def test_bad_inputs_are_named(tmp_path):
     h, w = 72, 104
     write_clip(tmp_path / "clip", h, w)
