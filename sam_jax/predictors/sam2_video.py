@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -737,7 +738,7 @@ class SAM2VideoPredictor(PredictorBase):
     def _non_overlap(self, video: np.ndarray) -> np.ndarray:
         if not self.non_overlap_masks:
             return video
-        return np.asarray(non_overlapping(video.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+        return np.asarray(non_overlapping(jnp.asarray(video.transpose(0, 2, 3, 1)))).transpose(0, 3, 1, 2)
 
     # --- the device steps -------------------------------------------------------------------------
 

@@ -84,7 +84,7 @@ def build_video_parts(config: Sam2Config, rngs: nnx.Rngs) -> Sam2VideoParts:
     return Sam2VideoParts(config, rngs=rngs)
 
 
-def non_overlapping(masks: Float[Array, "B S S 1"]) -> Float[Array, "B S S 1"]:
+def non_overlapping(masks: Float[Array, "B H W 1"]) -> Float[Array, "B H W 1"]:
     """``_apply_non_overlapping_constraints``: at each pixel only the highest-scoring object keeps its
     logit; the others are clamped to at most -10 (ties go to the first object, as ``argmax``)."""
     if masks.shape[0] == 1:
