@@ -57,3 +57,30 @@ def load_shapes(name: str) -> dict[str, tuple[int, ...]]:
     if name not in manifest:
         raise KeyError(f"no shapes for {name!r} in {SHAPES_PATH.name}; have {sorted(manifest)}")
     return {key: tuple(shape) for key, shape in manifest[name].items()}
+
+
+def random_tensor(key: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A deterministic random tensor for state_dict ``key`` (its own generator per key and seed).
+
+    ``pos_embed*``: N(0, 0.1); the prompt encoder's Gaussian matrix: N(0, 1); 1-D ``*.weight``
+    (norms): 1 + 0.1 N; ``*.bias`` and other 1-D tensors (layer scale ``gamma``): 0.1 N; anything
+    else: N / sqrt(fan_in), fan_in = prod(shape[1:]).
+    """
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
+    x = rng.standard_normal(shape, dtype=np.float32)
+    leaf = key.rsplit(".", 1)[-1]
+    if leaf.startswith("pos_embed"):
+        return np.float32(0.1) * x
+    if leaf == "positional_encoding_gaussian_matrix":
+        return x
+    if len(shape) == 1 and leaf == "weight":
+        return np.float32(1.0) + np.float32(0.1) * x
+    if len(shape) <= 1:
+        return np.float32(0.1) * x
+    return x / np.float32(np.sqrt(np.prod(shape[1:])))
+
+
+def random_sam2_state_dict(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
+    """:func:`random_tensor` for every key: the weights ``sam2_reference.randomize_`` loads into a
+    SAM 2 reference model, rebuilt without torch."""
+    return {key: random_tensor(key, tuple(shape), seed) for key, shape in shapes.items()}

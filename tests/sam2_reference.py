@@ -19,7 +19,6 @@ norms and position embeddings do not go untested.
 from __future__ import annotations
 
 import contextlib
-import zlib
 from unittest import mock
 
 import numpy as np
@@ -46,6 +45,8 @@ from sam_jax.models.sam2.config import (
     Sam2Config,
     Sam2MaskDecoderConfig,
 )
+
+from reference_weights import random_tensor
 
 # build_sam2(apply_postprocessing=True) adds these three overrides to every yaml.
 POSTPROCESSING_OVERRIDES = [
@@ -286,27 +287,6 @@ def build_video_from_config(cfg: Sam2Config) -> SAM2Base:
     base = SAM2Base
     with mock.patch(f"{__name__}.SAM2Base", lambda **kw: base(**{**kw, **memory})):
         return build_from_config(cfg)
-
-
-def random_tensor(key: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
-    """A deterministic random tensor for state_dict ``key`` (its own generator per key and seed).
-
-    ``pos_embed*``: N(0, 0.1); the prompt encoder's Gaussian matrix: N(0, 1); 1-D ``*.weight``
-    (norms): 1 + 0.1 N; ``*.bias`` and other 1-D tensors (layer scale ``gamma``): 0.1 N; anything
-    else: N / sqrt(fan_in), fan_in = prod(shape[1:]).
-    """
-    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-    x = rng.standard_normal(shape, dtype=np.float32)
-    leaf = key.rsplit(".", 1)[-1]
-    if leaf.startswith("pos_embed"):
-        return np.float32(0.1) * x
-    if leaf == "positional_encoding_gaussian_matrix":
-        return x
-    if len(shape) == 1 and leaf == "weight":
-        return np.float32(1.0) + np.float32(0.1) * x
-    if len(shape) <= 1:
-        return np.float32(0.1) * x
-    return x / np.float32(np.sqrt(np.prod(shape[1:])))
 
 
 @torch.no_grad()
