@@ -276,6 +276,33 @@ def test_predictor_options_match_the_reference(tmp_path):
     report(rec.errors, "sam2_test, the three options on")
 
 
+@pytest.mark.parametrize("kind", ["shapes", "photo"])
+def test_committed_clips_match_the_reference(kind, tmp_path):
+    """``video_scenario.py``'s scenario (two objects, an object added after propagation, a correction
+    click, forward again, backwards) on ``make_video_clips.py``'s clips, both predictors live, with
+    the weights of ``sam2_video_tiny.npz`` (seed 0, score shift 0.1; the fixture test checks the same
+    scenario against the stored reference outputs)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from make_video_clips import write_clip as write_committed_clip
+    from video_scenario import NUM_FRAMES, check_against, run_scenario
+
+    cfg = get_config("sam2_test")
+    ref = build_reference(cfg, seed=0, score_shift=0.1)
+    ours = ours_from(ref, cfg)
+    folder, clip = write_committed_clip(kind, tmp_path, "jpg", NUM_FRAMES)
+    with torch.inference_mode():
+        want = run_scenario(ref, str(folder), clip, ours.mask_size)
+    got = run_scenario(ours, str(folder), clip, ours.mask_size)
+
+    def video_logit(low_res, hw, y, x):
+        return float(ours._resize({"video_height": hw[0], "video_width": hw[1]}, low_res[None])[0, y, x])
+
+    print(f"\n{kind} (live): {check_against(got, want, video_logit)}")
+
+
 def test_objects_together_equal_objects_one_at_a_time(tmp_path):
     """Object 1 tracked alone gives what it gives tracked with three others (the reference tracks
     objects independently; here they share one batched step)."""
